@@ -1,0 +1,28 @@
+from django.contrib import admin
+
+from compliance.models import Alert, AuditEvent
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("tenant_id", "seq", "event", "actor", "ts")
+    list_filter = ("event",)
+    search_fields = ("actor", "event")
+
+    def get_queryset(self, request):
+        return AuditEvent.dangerously_all_tenants.all()
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "kind", "severity", "tenant_id", "audience", "message", "resolved_at")
+    list_filter = ("kind", "severity", "audience")

@@ -1,0 +1,20 @@
+"""Raising alerts. Delivery to channels is the runtime app's job; this stores them."""
+from __future__ import annotations
+
+import logging
+
+from compliance.models import Alert
+
+logger = logging.getLogger("levqor.alerts")
+
+
+def alert_raise(*, kind: str, message: str, tenant_id: int | None = None, severity: str = "warning",
+                audience: str = Alert.Audience.TENANT, metadata: dict | None = None, dedupe_key: str = "") -> Alert:
+    if dedupe_key:
+        existing = Alert.objects.filter(kind=kind, dedupe_key=dedupe_key, resolved_at__isnull=True).first()
+        if existing:
+            return existing
+    alert = Alert.objects.create(kind=kind, message=message, tenant_id=tenant_id, severity=severity,
+                                 audience=audience, metadata_json=metadata or {}, dedupe_key=dedupe_key)
+    logger.warning("alert %s tenant=%s: %s", kind, tenant_id, message)
+    return alert

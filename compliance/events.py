@@ -1,0 +1,39 @@
+"""The audit event registry: every event name Levqor writes, declared once.
+
+Names are a public contract (API.md): add, never rename or reuse. To add one, append
+it here with a one-line description and document it in API.md.
+"""
+EVENTS: dict[str, str] = {
+    "tenant.created": "a tenant finished provisioning",
+    "tenant.suspended": "staff suspended the tenant",
+    "tenant.resumed": "staff resumed the tenant",
+    "tenant.deleted": "the tenant was deleted (soft, then purged after the grace period)",
+    "keys.rotated": "every key was revoked and a new owner key issued",
+    "key.created": "an API key was created",
+    "key.revoked": "an API key was revoked",
+    "member.invited": "a member was invited",
+    "member.role_changed": "a member's role changed",
+    "member.removed": "a member was removed",
+    "policy.deny": "the policy engine refused an action",
+    "security.cross_tenant_attempt": "a credential of another tenant was used on this tenant",
+    "auth.login": "a user logged in",
+    "auth.login_failed": "a login failed",
+    "sso.configured": "SSO settings changed",
+    "plan.changed": "the plan changed",
+    "backup.created": "a backup was taken",
+    "backup.exported": "a backup was downloaded",
+    "backup.restored": "a backup was restored",
+    "dr.failover": "the region failed over to its replica",
+    "data.exported": "audit or tenant data was exported",
+    "config.changed": "tenant configuration changed",
+}
+
+
+class UnknownAuditEvent(ValueError):
+    pass
+
+
+def check(event: str) -> str:
+    if event not in EVENTS:
+        raise UnknownAuditEvent(f"{event!r} is not in compliance.events.EVENTS")
+    return event

@@ -1,0 +1,54 @@
+"""The audit trail (`tenant_audit`) and alerts.
+
+Audit rows outlive their tenant (they are the evidence), so `tenant_id` is a plain
+column, not a foreign key that a purge would cascade through.
+"""
+from django.db import models
+
+from tenants.scoping import TenantScopedModel
+
+
+class AuditEvent(TenantScopedModel):
+    tenant_id = models.BigIntegerField(db_index=True)
+    seq = models.PositiveBigIntegerField()
+    event = models.CharField(max_length=64, db_index=True)
+    actor = models.CharField(max_length=200)
+    ts = models.DateTimeField(db_index=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    metadata_json = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_audit"
+        constraints = [models.UniqueConstraint(fields=["tenant_id", "seq"], name="audit_chain_no_fork")]
+        indexes = [models.Index(fields=["tenant_id", "-ts"], name="audit_tenant_ts")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}#{self.seq} {self.event}"
+
+
+class Alert(models.Model):
+    """Something a person should look at. `audience` says who may see it."""
+
+    class Audience(models.TextChoices):
+        TENANT = "tenant"  # the org admins and platform staff
+        STAFF = "staff"  # platform staff only (for example: which tenant attacked which)
+
+    tenant_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    kind = models.CharField(max_length=64, db_index=True)
+    severity = models.CharField(max_length=16, default="warning")
+    audience = models.CharField(max_length=16, choices=Audience.choices, default=Audience.TENANT)
+    message = models.TextField()
+    metadata_json = models.JSONField(default=dict, blank=True)
+    dedupe_key = models.CharField(max_length=200, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "alerts"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.kind}: {self.message}"

@@ -1,0 +1,215 @@
+"""Levqor settings: configured by environment only (12-factor).
+
+Every variable read here is listed, with its default, in README.md's Configuration
+section. Nothing below should need editing to deploy.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from levqor.regions import parse_regions
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or (
+    "levqor-insecure-development-key-set-DJANGO_SECRET_KEY-in-production" if DEBUG or os.environ.get("LEVQOR_DEV") else ""
+)
+if not SECRET_KEY:
+    # Refuse to start with a guessable key outside development: API key hashes and
+    # encrypted secrets are keyed from it.
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY is not set (set DJANGO_DEBUG=true for local development)")
+
+# Secrets at rest (tenant DSNs, SSO and SIEM secrets) are encrypted with a key derived
+# from this; API keys are hashed with a pepper derived from it. Rotating it needs a
+# re-encryption job, so it is separate from DJANGO_SECRET_KEY when set.
+LEVQOR_SECRETS_KEY = os.environ.get("LEVQOR_SECRETS_KEY") or SECRET_KEY
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "*" if DEBUG else "localhost,127.0.0.1,.levqor.ai")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+TENANCY_ENABLED = env_bool("TENANCY_ENABLED", True)
+LEVQOR_BASE_DOMAIN = os.environ.get("LEVQOR_BASE_DOMAIN", "tenant.levqor.ai").lower().strip(".")
+# Hosts that serve the platform itself (never looked up as a tenant's custom domain).
+LEVQOR_PLATFORM_HOSTS = env_list("LEVQOR_PLATFORM_HOSTS", "localhost,127.0.0.1,testserver,levqor.ai,www.levqor.ai")
+LEVQOR_SIGNUP_RATE = os.environ.get("LEVQOR_SIGNUP_RATE", "10/hour")
+LEVQOR_DELETE_GRACE_DAYS = int(os.environ.get("LEVQOR_DELETE_GRACE_DAYS", "30"))
+LEVQOR_FAULTS = frozenset(env_list("LEVQOR_FAULTS", ""))
+LEVQOR_MAX_BODY_BYTES = int(os.environ.get("LEVQOR_MAX_BODY_BYTES", str(1024 * 1024)))
+# Client IPs are taken from X-Forwarded-For only behind a proxy we trust to set it.
+LEVQOR_TRUST_X_FORWARDED_FOR = env_bool("LEVQOR_TRUST_X_FORWARDED_FOR", False)
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/levqor"),
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+    )
+}
+DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
+DATABASES["default"].setdefault("TEST", {})
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# Regions: a comma list of names (each on DATABASE_URL), or JSON mapping each region to
+# {"database_url", "replica_url", "storage"}. The first region is the default one.
+LEVQOR_REGIONS = parse_regions(os.environ.get("LEVQOR_REGIONS", ""), default_database_url=DATABASES["default"])
+LEVQOR_DEFAULT_REGION = next(iter(LEVQOR_REGIONS))
+
+SHARED_APPS = [
+    "tenants",  # first: its `migrate` command replaces django-tenants' one
+    "django_tenants",
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.admin",
+    "django.contrib.sites",
+    "rest_framework",
+    "drf_spectacular",
+    "guardian",
+    "djstripe",
+    "policy",
+    "compliance",
+    "billing",
+]
+# Tenant apps live in each tenant's schema (strategy A) or database (strategy B).
+# Their models must not hold foreign keys to shared tables: a tenant database cannot
+# reach them. Actors are recorded as strings.
+TENANT_APPS = [
+    "workflows",
+]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+TENANT_MODEL = "tenants.Tenant"
+TENANT_DOMAIN_MODEL = "tenants.Domain"
+PUBLIC_SCHEMA_NAME = "public"
+# New schemas are built from this migrated template, never by migrating each one.
+LEVQOR_TEMPLATE_SCHEMA = "levqor_template"
+TENANT_LIMIT_SET_CALLS = True
+# django-tenants insists on its router being listed; ours decides first.
+DATABASE_ROUTERS = ["tenants.routers.TenantRouter", "django_tenants.routers.TenantSyncRouter"]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "levqor.middleware.BodySizeLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "tenants.middleware.TenantContextMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+# Paths that need a tenant context; everything else is a platform route.
+LEVQOR_TENANT_ROUTE_PREFIXES = ("/api/workflows", "/api/org", "/api/marketplace")
+
+ROOT_URLCONF = "levqor.urls"
+WSGI_APPLICATION = "levqor.wsgi.application"
+SITE_ID = 1
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "levqor",
+    }
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.authentication.APIKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "levqor.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Levqor API",
+    "DESCRIPTION": "Multi-tenant control plane. See API.md for the contract.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE = {
+    "purge-deleted-tenants": {"task": "tenants.tasks.purge_deleted_tenants", "schedule": 3600.0},
+}
+
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith("sk_live_")
+DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
+DJSTRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+DATA_UPLOAD_MAX_MEMORY_SIZE = LEVQOR_MAX_BODY_BYTES
+
+SESSION_COOKIE_SECURE = not DEBUG and env_bool("DJANGO_SECURE_COOKIES", True)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LEVQOR_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

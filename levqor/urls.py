@@ -1,0 +1,43 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from levqor import health
+from tenants import api as tenant_api
+from tenants import views as tenant_views
+from workflows.api import WorkflowViewSet
+
+router = SimpleRouter(trailing_slash=False)
+router.register("workflows", WorkflowViewSet, basename="workflow")
+
+api = [
+    path("tenants", tenant_api.TenantCollection.as_view(), name="tenant-collection"),
+    path("tenants/<int:tenant_id>", tenant_api.TenantDetail.as_view(), name="tenant-detail"),
+    path("tenants/<int:tenant_id>/suspend", tenant_api.TenantSuspend.as_view(), name="tenant-suspend"),
+    path("tenants/<int:tenant_id>/resume", tenant_api.TenantResume.as_view(), name="tenant-resume"),
+    path("tenants/<int:tenant_id>/delete", tenant_api.TenantDelete.as_view(), name="tenant-delete"),
+    path("tenants/<int:tenant_id>/rotate-keys", tenant_api.TenantRotateKeys.as_view(), name="tenant-rotate-keys"),
+    path("org", tenant_api.OrgDetail.as_view(), name="org"),
+    path("org/keys", tenant_api.OrgKeys.as_view(), name="org-keys"),
+    path("org/keys/<int:key_id>", tenant_api.OrgKeyDetail.as_view(), name="org-key"),
+    path("org/members", tenant_api.OrgMembers.as_view(), name="org-members"),
+    path("org/audit", tenant_api.OrgAudit.as_view(), name="org-audit"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    *router.urls,
+]
+
+urlpatterns = [
+    path("api/", include(api)),
+    path("admin/", admin.site.urls),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("org/bootstrap/<str:token>", tenant_views.bootstrap, name="org-bootstrap"),
+    path("", tenant_views.landing, name="landing"),
+]
+
+handler400 = "levqor.errors.handler400"
+handler403 = "levqor.errors.handler403"
+handler404 = "levqor.errors.handler404"
+handler500 = "levqor.errors.handler500"

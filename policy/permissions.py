@@ -1,0 +1,41 @@
+"""DRF permission for tenant APIs: the caller's role on this tenant, checked by the engine.
+
+A view names its actions: `policy_actions = {"list": "workflows:read", ...}` keyed by
+viewset action or HTTP method.
+"""
+from __future__ import annotations
+
+from rest_framework import exceptions, permissions
+
+from levqor.errors import APIError
+from policy.enforce import authorize
+from tenants.context import current_tenant_or_none
+from tenants.principals import principal_for
+
+
+def view_action(request, view) -> str:
+    actions = getattr(view, "policy_actions", {})
+    action = actions.get(getattr(view, "action", None) or "") or actions.get(request.method)
+    if action is None:
+        # Default deny also for code: a view that forgot to name its action is refused.
+        raise APIError("policy_denied", "this endpoint has no policy action", status_code=403)
+    return action
+
+
+class TenantPolicyPermission(permissions.BasePermission):
+    def has_permission(self, request, view):
+        ctx = current_tenant_or_none()
+        if ctx is None:
+            raise APIError("tenant_required", "This route needs a tenant context.", status_code=400)
+        principal = principal_for(request, ctx.id)
+        if principal is None:
+            raise exceptions.NotAuthenticated()
+        if principal.kind == "platform_key":
+            raise APIError("forbidden", "Platform keys act on platform routes only.", status_code=403)
+        if principal.role is None:
+            raise APIError("not_a_member", "You are not a member of this tenant.", status_code=403)
+        action = view_action(request, view)
+        request.principal = principal
+        authorize(tenant_id=ctx.id, plan=ctx.plan, role=principal.role, action=action, actor=principal.actor,
+                  resource=request.path, request=request)
+        return True

@@ -1,0 +1,208 @@
+"""Tenancy HTTP API: platform routes (/api/tenants) and the org routes (/api/org/...)."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import signing
+from django.db.models import Prefetch
+from django.utils.dateparse import parse_datetime
+from rest_framework import permissions, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from compliance.models import AuditEvent
+from levqor import ratelimit
+from levqor.clientip import client_ip
+from levqor.errors import APIError
+from policy.enforce import authorize
+from tenants import selectors, services
+from tenants.api_base import TenantAPIView
+from tenants.context import current_tenant
+from tenants.models import Domain, Tenant, TenantKey, TenantUser
+from tenants.principals import principal_for
+from tenants.serializers import KeyCreateSerializer, KeySerializer, SignupSerializer, TenantSerializer
+
+from tenants.views import BOOTSTRAP_SALT
+
+
+def _tenant_or_404(tenant_id) -> Tenant:
+    tenant = Tenant.objects.filter(pk=tenant_id).prefetch_related(Prefetch("domains", queryset=Domain.objects.all())).first()
+    if tenant is None:
+        raise APIError("not_found", "No such tenant.", status_code=404)
+    return tenant
+
+
+def _is_staff(principal) -> bool:
+    return principal is not None and principal.is_staff
+
+
+class TenantCollection(APIView):
+    """POST /api/tenants: self-service signup (rate limited per client) or staff."""
+
+    permission_classes = [permissions.AllowAny]
+
+    def post(self, request):
+        principal = principal_for(request)
+        if not _is_staff(principal):
+            allowed, retry_after = ratelimit.hit(f"signup:{client_ip(request)}", settings.LEVQOR_SIGNUP_RATE)
+            if not allowed:
+                raise APIError("rate_limited", "Too many signups from this client; try again later.", status_code=429,
+                               headers={"Retry-After": str(retry_after)}, details={"retry_after": retry_after})
+        if not isinstance(request.data, dict):
+            raise APIError("invalid_input", "The body must be a JSON object.")
+        body = SignupSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        actor = principal.actor if principal else f"signup:{data['admin_email']}"
+        result = services.tenant_create(name=data["name"], slug=data["slug"], plan=data["plan"],
+                                        region=data.get("region") or None, admin_email=data["admin_email"], actor=actor)
+        tenant = result.tenant
+        payload = TenantSerializer(_tenant_or_404(tenant.pk)).data
+        token = signing.dumps({"tenant": tenant.pk, "email": data["admin_email"]}, salt=BOOTSTRAP_SALT)
+        payload.update(
+            api_key=result.api_key,
+            sso_bootstrap_url=request.build_absolute_uri(f"/org/bootstrap/{token}"),
+        )
+        return Response(payload, status=status.HTTP_201_CREATED)
+
+
+class TenantPlatformView(APIView):
+    """Base for /api/tenants/{id}/...: staff, or the tenant's own credentials."""
+
+    permission_classes = [permissions.IsAuthenticated]
+
+    def tenant_for(self, request, tenant_id, *, staff_only=False, action: str | None = None) -> Tenant:
+        principal = principal_for(request)
+        if _is_staff(principal):
+            return _tenant_or_404(tenant_id)
+        if staff_only:
+            raise APIError("forbidden", "Only platform staff may do this.", status_code=403)
+        tenant = Tenant.objects.filter(pk=tenant_id).first()
+        if principal.kind == "user" and tenant is not None:
+            principal = principal_for(request, tenant.pk)
+        if tenant is None or principal.tenant_id != tenant.pk:
+            if tenant is not None and principal.kind == "tenant_key":
+                from tenants.security import cross_tenant_attempt
+
+                cross_tenant_attempt(key=request.auth, target_tenant_id=tenant.pk, request=request)
+            # The same answer whether or not the tenant exists: existence is not told.
+            raise APIError("cross_tenant_forbidden", "These credentials do not belong to this tenant.", status_code=403)
+        if tenant.status in (Tenant.Status.DELETING, Tenant.Status.DELETED):
+            raise APIError("tenant_deleted", "This tenant has been deleted.", status_code=403)
+        if action:
+            authorize(tenant_id=tenant.pk, plan=tenant.plan, role=principal.role, action=action,
+                      actor=principal.actor, resource=request.path, request=request)
+        return _tenant_or_404(tenant.pk)
+
+
+class TenantDetail(TenantPlatformView):
+    def get(self, request, tenant_id):
+        return Response(TenantSerializer(self.tenant_for(request, tenant_id, action="tenant:read")).data)
+
+
+class TenantSuspend(TenantPlatformView):
+    def post(self, request, tenant_id):
+        tenant = services.tenant_suspend(tenant=self.tenant_for(request, tenant_id, staff_only=True),
+                                         actor=principal_for(request).actor, reason=str(request.data.get("reason", ""))[:500]
+                                         if isinstance(request.data, dict) else "")
+        return Response({"id": tenant.id, "status": tenant.status})
+
+
+class TenantResume(TenantPlatformView):
+    def post(self, request, tenant_id):
+        tenant = services.tenant_resume(tenant=self.tenant_for(request, tenant_id, staff_only=True),
+                                        actor=principal_for(request).actor)
+        return Response({"id": tenant.id, "status": tenant.status})
+
+
+class TenantDelete(TenantPlatformView):
+    def post(self, request, tenant_id):
+        tenant = self.tenant_for(request, tenant_id, action="tenant:delete")
+        tenant = services.tenant_delete(tenant=tenant, actor=principal_for(request).actor)
+        return Response({"id": tenant.id, "status": tenant.status, "purge_after": tenant.purge_after},
+                        status=status.HTTP_202_ACCEPTED)
+
+
+class TenantRotateKeys(TenantPlatformView):
+    def post(self, request, tenant_id):
+        tenant = self.tenant_for(request, tenant_id, action="keys:rotate")
+        key, plaintext = services.keys_rotate(tenant=tenant, actor=principal_for(request).actor)
+        return Response({"api_key": plaintext, "prefix": key.prefix, "role": key.role})
+
+
+# --- /api/org: the current tenant ------------------------------------------------------
+
+
+class OrgDetail(TenantAPIView):
+    policy_actions = {"GET": "tenant:read"}
+
+    def get(self, request):
+        ctx = current_tenant()
+        tenant = _tenant_or_404(ctx.id)
+        data = TenantSerializer(tenant).data
+        data.update(limits=ctx.limits, features=sorted(ctx.features), usage=selectors.usage_summary())
+        return Response(data)
+
+
+class OrgKeys(TenantAPIView):
+    policy_actions = {"GET": "keys:read", "POST": "keys:create"}
+
+    def get(self, request):
+        keys = TenantKey.objects.filter(revoked_at__isnull=True).order_by("-created_at")
+        return Response({"results": KeySerializer(keys, many=True).data})
+
+    def post(self, request):
+        body = KeyCreateSerializer(data=request.data if isinstance(request.data, dict) else {})
+        body.is_valid(raise_exception=True)
+        tenant = Tenant.objects.get(pk=current_tenant().id)
+        key, plaintext = services.key_create_for_tenant(tenant=tenant, actor=request.principal.actor,
+                                                        **body.validated_data)
+        return Response({**KeySerializer(key).data, "api_key": plaintext}, status=status.HTTP_201_CREATED)
+
+
+class OrgKeyDetail(TenantAPIView):
+    policy_actions = {"DELETE": "keys:revoke"}
+
+    def delete(self, request, key_id):
+        key = TenantKey.objects.filter(pk=key_id).first()
+        if key is None:
+            raise APIError("not_found", "No such key.", status_code=404)
+        services.key_revoke(key=key, actor=request.principal.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class OrgMembers(TenantAPIView):
+    policy_actions = {"GET": "members:read"}
+
+    def get(self, request):
+        members = TenantUser.objects.select_related("user").order_by("created_at")
+        return Response({"results": [
+            {"id": m.id, "email": m.user.email, "username": m.user.get_username(), "role": m.role,
+             "sso_id": m.sso_id, "created_at": m.created_at}
+            for m in members
+        ]})
+
+
+class OrgAudit(TenantAPIView):
+    policy_actions = {"GET": "audit:read"}
+
+    def get(self, request):
+        events = AuditEvent.objects.order_by("-seq")
+        event = request.query_params.get("event")
+        if event:
+            events = events.filter(event=event)
+        for param, lookup in (("since", "ts__gte"), ("until", "ts__lt")):
+            raw = request.query_params.get(param)
+            if raw:
+                try:
+                    when = parse_datetime(raw)
+                except ValueError:
+                    when = None
+                if when is None:
+                    raise APIError("invalid_input", f"{param} must be an ISO 8601 date-time", details={"param": param})
+                events = events.filter(**{lookup: when})
+        page = self.paginate_queryset(events)
+        return self.get_paginated_response([
+            {"seq": e.seq, "event": e.event, "actor": e.actor, "ts": e.ts, "ip": e.ip, "metadata": e.metadata_json,
+             "hash": e.hash}
+            for e in page
+        ])

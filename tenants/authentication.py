@@ -1,0 +1,72 @@
+"""API key authentication (DRF).
+
+A tenant key is bound to exactly one tenant. Used with another tenant's context it is
+refused with 403; the attacked tenant's trail records the attempt with the key's prefix
+only, and platform staff get an alert naming the key's own tenant.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from levqor.errors import APIError
+from tenants import keys as keyring
+from tenants.context import current_tenant_or_none
+from tenants.models import PlatformKey, Tenant, TenantKey
+from tenants.principals import Principal
+
+LAST_USED_EVERY = timedelta(minutes=1)  # at most one write per key per minute
+
+
+class APIKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "bearer"
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="levqor"'
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != self.keyword:
+            return None
+        parsed = keyring.parse(raw.strip())
+        if parsed is None:
+            raise exceptions.AuthenticationFailed("The API key is malformed.")
+        if parsed.kind == keyring.PLATFORM_KEY_KIND:
+            return self._platform(parsed)
+        return self._tenant(parsed, request)
+
+    def _platform(self, parsed):
+        key = PlatformKey.objects.filter(prefix=parsed.prefix).first()
+        if key is None or not keyring.matches(parsed, key.api_key_hash) or key.revoked_at:
+            raise exceptions.AuthenticationFailed("The API key is not valid.")
+        _touch(PlatformKey.objects.filter(pk=key.pk), key.last_used_at)
+        return Principal(kind="platform_key", actor=f"staff-key:{key.prefix}", is_staff=True, key_id=key.pk), key
+
+    def _tenant(self, parsed, request):
+        # Platform lookup: the key itself tells which tenant it belongs to.
+        key = TenantKey.dangerously_all_tenants.select_related("tenant").filter(prefix=parsed.prefix).first()
+        if key is None or not keyring.matches(parsed, key.api_key_hash):
+            raise exceptions.AuthenticationFailed("The API key is not valid.")
+        if key.revoked_at is not None or key.tenant.status in (Tenant.Status.DELETING, Tenant.Status.DELETED):
+            raise exceptions.AuthenticationFailed("The API key has been revoked.")
+        ctx = current_tenant_or_none()
+        if ctx is not None and ctx.id != key.tenant_id:
+            from tenants.security import cross_tenant_attempt
+
+            cross_tenant_attempt(key=key, target_tenant_id=ctx.id, request=request)
+            raise APIError("cross_tenant_forbidden", "This key does not belong to this tenant.", status_code=403)
+        _touch(TenantKey.dangerously_all_tenants.filter(pk=key.pk), key.last_used_at)
+        principal = Principal(kind="tenant_key", actor=f"key:{key.prefix}", tenant_id=key.tenant_id, role=key.role,
+                              key_id=key.pk)
+        return principal, key
+
+
+def _touch(queryset, last_used_at) -> None:
+    now = timezone.now()
+    if last_used_at is None or now - last_used_at > LAST_USED_EVERY:
+        queryset.update(last_used_at=now)

@@ -1,0 +1,160 @@
+"""The tenant blueprint: the migrated shape every tenant schema or database starts from.
+
+- Strategy A: the template schema (settings.LEVQOR_TEMPLATE_SCHEMA) is migrated with the
+  tenant apps only. New schemas get the same tables by replaying DDL generated once per
+  process from the tenant models, plus the template's `django_migrations` rows, in one
+  transaction. Cost does not depend on how many schemas exist (django-tenants'
+  clone_schema() walks the whole catalog and slows as the fleet grows).
+  `tests/tenants/test_blueprint.py` proves the replayed schema equals the migrated one.
+- Strategy B: a template database is migrated the same way; tenant databases are created
+  with `CREATE DATABASE ... TEMPLATE`.
+
+Only tenant apps' migrations run here, so a tenant never replays the hundreds of
+operations of shared apps such as dj-stripe.
+"""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from django.apps import apps
+from django.conf import settings
+from django.db import connection, connections, transaction
+from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.recorder import MigrationRecorder
+
+from tenants import broker
+
+logger = logging.getLogger(__name__)
+
+
+def tenant_app_labels() -> list[str]:
+    return [apps.get_app_config(name.rsplit(".", 1)[-1]).label for name in settings.TENANT_APPS]
+
+
+def migrate_tenant_apps(conn, *, verbosity: int = 0) -> int:
+    """Apply the tenant apps' pending migrations on `conn` (schema already selected)."""
+    executor = MigrationExecutor(conn)
+    labels = set(tenant_app_labels())
+    targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] in labels]
+    plan = executor.migration_plan(targets)
+    if plan:
+        if verbosity:
+            logger.info("applying %d tenant migrations on %s", len(plan), _where(conn))
+        executor.migrate(targets, plan=plan)
+    return len(plan)
+
+
+def expected_migrations() -> set[tuple[str, str]]:
+    """The (app, name) pairs a fully migrated tenant has, from the code on disk."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    labels = set(tenant_app_labels())
+    wanted = set()
+    for label in labels:
+        for leaf in loader.graph.leaf_nodes(label):
+            wanted.update(n for n in loader.graph.forwards_plan(leaf) if n[0] in labels)
+    return wanted
+
+
+def _where(conn) -> str:
+    return f"{conn.alias}:{getattr(conn, 'schema_name', '')}"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# --- strategy A: schemas -------------------------------------------------------------
+
+
+def migrate_template_schema(*, verbosity: int = 0) -> int:
+    template = settings.LEVQOR_TEMPLATE_SCHEMA
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(template)}")
+    previous = connection.schema_name
+    connection.set_schema(template)
+    try:
+        return migrate_tenant_apps(connection, verbosity=verbosity)
+    finally:
+        connection.set_schema(previous) if previous != settings.PUBLIC_SCHEMA_NAME else connection.set_schema_to_public()
+
+
+@lru_cache(maxsize=1)
+def schema_ddl() -> tuple[str, ...]:
+    """CREATE statements for every tenant table, unqualified (run under search_path)."""
+    models = [
+        model
+        for label in tenant_app_labels()
+        for model in apps.get_app_config(label).get_models()
+        if model._meta.managed and not model._meta.proxy
+    ]
+    with connection.schema_editor(collect_sql=True, atomic=False) as editor:
+        editor.create_model(MigrationRecorder.Migration)
+        for model in models:
+            editor.create_model(model)
+    return tuple(editor.collected_sql)
+
+
+def schema_exists(schema_name: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema_name])
+        return cursor.fetchone() is not None
+
+
+def create_tenant_schema(schema_name: str) -> None:
+    """Create `schema_name` with the blueprint's tables; idempotent."""
+    if schema_exists(schema_name):
+        return
+    template = settings.LEVQOR_TEMPLATE_SCHEMA
+    ddl = schema_ddl()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('search_path')")
+        (saved_path,) = cursor.fetchone()
+        cursor.execute(f"CREATE SCHEMA {_quote(schema_name)}")
+        # SET LOCAL: confined to this transaction, and restored before it ends in case an
+        # outer transaction (a test's) goes on with the connection.
+        cursor.execute(f"SET LOCAL search_path = {_quote(schema_name)}")
+        for statement in ddl:
+            cursor.execute(statement)
+        cursor.execute(
+            f"INSERT INTO {_quote(schema_name)}.django_migrations (app, name, applied) "
+            f"SELECT app, name, applied FROM {_quote(template)}.django_migrations"
+        )
+        cursor.execute("SELECT set_config('search_path', %s, true)", [saved_path])
+
+
+def drop_tenant_schema(schema_name: str) -> None:
+    if schema_name in (settings.PUBLIC_SCHEMA_NAME, settings.LEVQOR_TEMPLATE_SCHEMA):
+        raise ValueError(f"refusing to drop {schema_name}")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP SCHEMA IF EXISTS {_quote(schema_name)} CASCADE")
+
+
+# --- strategy B: databases -----------------------------------------------------------
+
+
+def migrate_template_database(*, region: str | None = None, verbosity: int = 0) -> int:
+    server = broker.server_config(region or settings.LEVQOR_DEFAULT_REGION)
+    name = broker.template_database_name()
+    broker.ensure_empty_database(server, name)
+    alias = broker.TEMPLATE_ALIAS
+    broker.forget(alias)
+    broker.register(alias, broker.database_dsn(server, name))
+    try:
+        return migrate_tenant_apps(connections[alias], verbosity=verbosity)
+    finally:
+        # CREATE DATABASE ... TEMPLATE refuses while anyone is connected to the template.
+        broker.forget(alias)
+
+
+def create_tenant_database(region: str, name: str) -> str:
+    """Create the tenant database from the template; returns its DSN."""
+    server = broker.server_config(region)
+    broker.create_database_from_template(server, name)
+    return broker.database_dsn(server, name)
+
+
+def drop_tenant_database(region: str, name: str) -> None:
+    broker.drop_database(broker.server_config(region), name)

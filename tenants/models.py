@@ -1,0 +1,148 @@
+"""The control plane's tenancy tables, all in the public schema.
+
+Table names follow the spec (tenants, tenant_keys, tenant_users, tenant_billing,
+tenant_runtime); tenant_audit lives in compliance.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django_tenants.models import DomainMixin, TenantMixin
+
+from tenants.scoping import TenantScopedModel
+
+ROLES = ("owner", "admin", "operator", "auditor", "viewer")
+ROLE_CHOICES = [(role, role) for role in ROLES]
+
+
+class Tenant(TenantMixin):
+    class Status(models.TextChoices):
+        PROVISIONING = "provisioning"
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+        DELETING = "deleting"
+        DELETED = "deleted"
+
+    class Isolation(models.TextChoices):
+        SCHEMA = "schema"
+        DATABASE = "database"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=40, unique=True)
+    region = models.CharField(max_length=64)
+    plan = models.CharField(max_length=32)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PROVISIONING, db_index=True)
+    isolation = models.CharField(max_length=16, choices=Isolation.choices, default=Isolation.SCHEMA)
+    admin_email = models.EmailField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    provision_ms = models.PositiveIntegerField(null=True, blank=True)
+    # Which provisioning steps finished, with their duration: {"step": ms, ...}.
+    provision_steps = models.JSONField(default=dict, blank=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    purge_after = models.DateTimeField(null=True, blank=True)
+
+    # Schemas and databases are created and dropped by the provisioning steps and the
+    # purge task, never as a side effect of saving or deleting a row.
+    auto_create_schema = False
+    auto_drop_schema = False
+
+    class Meta:
+        db_table = "tenants"
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def is_usable(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+
+class Domain(DomainMixin):
+    verified = models.BooleanField(default=True)
+
+    class Meta:
+        db_table = "tenant_domains"
+
+
+class TenantKey(TenantScopedModel):
+    """A tenant API key. Only a keyed hash is stored; the key is shown once."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="keys")
+    prefix = models.CharField(max_length=16, unique=True)
+    api_key_hash = models.CharField(max_length=64)
+    role = models.CharField(max_length=16, choices=ROLE_CHOICES)
+    name = models.CharField(max_length=100, blank=True)
+    created_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_keys"
+
+    def __str__(self) -> str:
+        return f"{self.prefix} ({self.role})"
+
+
+class PlatformKey(models.Model):
+    """A platform staff key: acts across tenants on platform routes only."""
+
+    name = models.CharField(max_length=100, unique=True)
+    prefix = models.CharField(max_length=16, unique=True)
+    api_key_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "platform_keys"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix})"
+
+
+class TenantUser(TenantScopedModel):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships")
+    role = models.CharField(max_length=16, choices=ROLE_CHOICES)
+    sso_id = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_users"
+        constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="tenant_user_once")]
+
+
+class TenantBilling(TenantScopedModel):
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="billing")
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    stripe_subscription_id = models.CharField(max_length=64, blank=True)
+    plan = models.CharField(max_length=32)
+    metered_usage_json = models.JSONField(default=dict, blank=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_billing"
+
+
+class TenantRuntime(TenantScopedModel):
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="runtime")
+    env_json = models.JSONField(default=dict, blank=True)
+    limits_json = models.JSONField(default=dict, blank=True)
+    domain = models.CharField(max_length=253, blank=True)
+    last_deploy_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_runtime"
+
+
+class TenantDatabase(TenantScopedModel):
+    """Where a database-per-tenant tenant's data lives. The DSN is encrypted at rest."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="database")
+    region = models.CharField(max_length=64)
+    name = models.CharField(max_length=63, unique=True)
+    dsn_encrypted = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_databases"
