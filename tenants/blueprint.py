@@ -142,6 +142,7 @@ def migrate_template_database(*, region: str | None = None, verbosity: int = 0) 
     alias = broker.TEMPLATE_ALIAS
     broker.forget(alias)
     broker.register(alias, broker.database_dsn(server, name))
+    broker.ensure_connection_object(alias)
     try:
         return migrate_tenant_apps(connections[alias], verbosity=verbosity)
     finally:

@@ -18,6 +18,7 @@ import dj_database_url
 import psycopg2
 from django.conf import settings
 from django.db import connections
+from django.db.utils import load_backend
 
 from tenants import secrets
 
@@ -37,18 +38,25 @@ def is_tenant_alias(alias: str) -> bool:
 
 def alias_for(tenant) -> str:
     alias = alias_name(tenant.id)
-    if alias not in connections.settings:
+    if alias not in _configs:
         from tenants.models import TenantDatabase
 
         # Platform lookup by the tenant's own id: the context is being built.
         record = TenantDatabase.dangerously_all_tenants.get(tenant_id=tenant.id)
         register(alias, secrets.decrypt(record.dsn_encrypted))
+    ensure_connection_object(alias)
     return alias
+
+
+# Tenant aliases are kept out of settings.DATABASES (connections.settings): they are
+# not configuration, they come and go with tenants. Each thread gets its own wrapper on
+# first use, like Django's own per-thread connections.
+_configs: dict[str, dict] = {}
 
 
 def register(alias: str, dsn: str) -> None:
     with _lock:
-        if alias in connections.settings:
+        if alias in _configs:
             return
         config = copy.deepcopy(connections["default"].settings_dict)
         parsed = dj_database_url.parse(dsn)
@@ -57,22 +65,49 @@ def register(alias: str, dsn: str) -> None:
         config["ENGINE"] = TENANT_DB_ENGINE
         config.pop("SCHEMA", None)
         config["OPTIONS"] = {**parsed.get("OPTIONS", {})}
-        connections.settings[alias] = config
+        _configs[alias] = config
+
+
+def ensure_connection_object(alias: str) -> None:
+    """Give this thread a connection wrapper for `alias` (no network until first query)."""
+    if getattr(connections._connections, alias, None) is not None:
+        return
+    config = _configs.get(alias)
+    if config is None:
+        raise LookupError(f"database alias {alias} is not registered with the broker")
+    backend = load_backend(config["ENGINE"])
+    connections[alias] = backend.DatabaseWrapper(copy.deepcopy(config), alias)
+
+
+def registered_aliases() -> list[str]:
+    return list(_configs)
+
+
+def close_thread_connections(*, only_obsolete: bool = True) -> None:
+    """Request end: what Django does for its configured aliases, for ours."""
+    for alias in list(_configs):
+        conn = getattr(connections._connections, alias, None)
+        if conn is not None and conn.connection is not None:
+            if only_obsolete:
+                conn.close_if_unusable_or_obsolete()
+            else:
+                conn.close()
 
 
 def forget(alias: str) -> None:
     """Close this thread's connection to `alias` and drop its registration."""
     with _lock:
-        if alias in connections.settings:
+        conn = getattr(connections._connections, alias, None)
+        if conn is not None:
             try:
-                connections[alias].close()
+                conn.close()
             except Exception:  # already gone with its database
                 logger.debug("closing %s failed", alias, exc_info=True)
             try:
-                del connections[alias]
-            except (AttributeError, KeyError):
+                delattr(connections._connections, alias)
+            except AttributeError:
                 pass
-            connections.settings.pop(alias, None)
+        _configs.pop(alias, None)
 
 
 # --- server-level operations -------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -109,7 +110,7 @@ def _tenant_row(p: Provisioning) -> None:
                 isolation=r.isolation, schema_name=schema_name_for(r.slug), status=Tenant.Status.PROVISIONING,
                 status_changed_at=timezone.now(),
             )
-    except IntegrityError as exc:
+    except (IntegrityError, ValidationError) as exc:  # ValidationError: django-tenants' own schema-name check
         raise SlugTaken(r.slug) from exc
 
 

@@ -33,7 +33,10 @@ class TenantRouter:
         ctx = current_tenant_or_none()
         if ctx is None:
             raise NoTenantContext(f"{model._meta.label} is tenant data and no tenant context is set")
-        return ctx.db_alias or "default"
+        if ctx.db_alias:
+            broker.ensure_connection_object(ctx.db_alias)  # this thread may not have one yet
+            return ctx.db_alias
+        return "default"
 
     db_for_read = _route
     db_for_write = _route

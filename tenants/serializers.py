@@ -1,13 +1,15 @@
 from rest_framework import serializers
 
+from levqor.serializer_fields import StrictCharField
+
 from tenants.models import ROLES, Tenant, TenantKey
 
 
 class SignupSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    slug = serializers.CharField(max_length=64)
-    plan = serializers.CharField(max_length=32)
-    region = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    name = StrictCharField(max_length=200)
+    slug = StrictCharField(max_length=64)
+    plan = StrictCharField(max_length=32)
+    region = StrictCharField(max_length=64, required=False, allow_blank=True)
     admin_email = serializers.EmailField()
 
 
@@ -33,4 +35,4 @@ class KeySerializer(serializers.ModelSerializer):
 
 class KeyCreateSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=ROLES)
-    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")

@@ -1,10 +1,12 @@
 from rest_framework import serializers
 
+from levqor.serializer_fields import StrictCharField
+
 from workflows.models import Workflow, WorkflowRun
 
 
 class WorkflowSerializer(serializers.ModelSerializer):
-    name = serializers.CharField(max_length=200)
+    name = StrictCharField(max_length=200)
     definition = serializers.JSONField(required=False)
 
     class Meta:

@@ -1,0 +1,25 @@
+# The two commands of the README: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+export DJANGO_DEBUG ?= true
+
+.PHONY: run test bench install
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+## Set up everything and run Levqor (embedded PostgreSQL/Redis when none is configured).
+run: $(VENV)/.installed
+	$(PY) scripts/levqor_services.py run
+
+## Run the whole test suite against real PostgreSQL and Redis.
+test: $(VENV)/.installed
+	$(PY) scripts/levqor_services.py exec -- $(VENV)/bin/pytest -n 2 -q -p no:randomly $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) scripts/levqor_services.py exec -- $(PY) bench/provision.py
