@@ -5,9 +5,11 @@ the template schema (milliseconds), never migrated one by one.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import uuid
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -32,23 +34,86 @@ def _redis_per_worker():
     levqor_redis.client.cache_clear()
 
 
-def _drop_tenant_databases(db_name: str) -> None:
+def _maintenance():
     server = settings.DATABASES["default"]
     conn = psycopg2.connect(dbname="postgres", user=server.get("USER") or None, password=server.get("PASSWORD") or None,
                             host=server.get("HOST") or None, port=server.get("PORT") or None)
     conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [db_name[:40] + "\\_t%"])
-        for (name,) in cursor.fetchall():
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.close()
+    return conn
+
+
+def _drop_databases_like(cursor, pattern: str) -> None:
+    cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [pattern])
+    for (name,) in cursor.fetchall():
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _migrations_fingerprint() -> str:
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted(root.glob("*/migrations/*.py")) + [root / "requirements.txt", root / "tenants" / "blueprint.py"]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _use_database(name: str) -> None:
+    from django.db import connections
+
+    settings.DATABASES["default"]["NAME"] = name
+    connections["default"].close()
+    connections["default"].settings_dict["NAME"] = name
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup, django_db_blocker):
+def django_db_setup(django_db_blocker):
+    """Migrate once into a base database, then give each xdist worker a copy of it.
+
+    `CREATE DATABASE ... TEMPLATE` copies the migrated base in well under a second, so
+    only the first run after a migration change pays for `migrate` (dj-stripe alone is
+    ~45 s); the base is rebuilt when a migration file changes.
+    """
+    from django.core.management import call_command
+
+    original = settings.DATABASES["default"]["NAME"]
+    base = f"test_{original}_base"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"test_{original}_{worker}"
+    fingerprint = _migrations_fingerprint()
+    with django_db_blocker.unblock():
+        conn = _maintenance()
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(7302)")  # one builder at a time
+            cursor.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [base])
+            row = cursor.fetchone()
+            if row is None or row[0] != fingerprint:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{base}" WITH (FORCE)')
+                cursor.execute(f'DROP DATABASE IF EXISTS "{base}_tpl" WITH (FORCE)')
+                cursor.execute(f'CREATE DATABASE "{base}"')
+                _use_database(base)
+                call_command("migrate", verbosity=0, interactive=False)
+                _use_database(original)
+                from django.db import connections
+
+                connections.close_all()
+                cursor.execute(f"COMMENT ON DATABASE \"{base}\" IS %s", [fingerprint])
+            for suffix in ("", "_tpl"):
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}{suffix}" WITH (FORCE)')
+                cursor.execute(f'CREATE DATABASE "{name}{suffix}" TEMPLATE "{base}{suffix}"')
+            cursor.execute("SELECT pg_advisory_unlock(7302)")
+        conn.close()
+        _use_database(name)
     yield
-    # Tenant databases (strategy B) live beside the test database; drop them with it.
-    _drop_tenant_databases(settings.DATABASES["default"]["NAME"])
+    with django_db_blocker.unblock():
+        from django.db import connections
+
+        connections.close_all()
+        conn = _maintenance()
+        with conn.cursor() as cursor:
+            # The worker's database, its tenant template and its tenant databases (strategy B).
+            _drop_databases_like(cursor, name[:40] + "\\_t%")
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}_tpl" WITH (FORCE)')
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
 
 
 @pytest.fixture(autouse=True)
