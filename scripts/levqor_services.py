@@ -106,6 +106,7 @@ def cmd_exec(argv: list[str]) -> int:
 
 
 def cmd_run() -> int:
+    STATE.mkdir(parents=True, exist_ok=True)
     env = service_env()
     env.setdefault("DJANGO_DEBUG", "true")
     env.setdefault("LEVQOR_BASE_DOMAIN", "tenant.localhost")
