@@ -26,6 +26,7 @@ EVENTS: dict[str, str] = {
     "dr.failover": "the region failed over to its replica",
     "data.exported": "audit or tenant data was exported",
     "config.changed": "tenant configuration changed",
+    "quota.warning": "a metered quota passed 80 % of the plan's limit this period",
 }
 
 

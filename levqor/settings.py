@@ -186,6 +186,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "purge-deleted-tenants": {"task": "tenants.tasks.purge_deleted_tenants", "schedule": 3600.0},
+    "flush-usage": {"task": "policy.tasks.flush_usage", "schedule": 60.0},
 }
 
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")

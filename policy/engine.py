@@ -92,7 +92,8 @@ def validate(data) -> dict:
     return data
 
 
-def load(path: Path = POLICY_PATH) -> dict:
+def load(path: Path | None = None) -> dict:
+    path = path or POLICY_PATH
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -146,6 +147,11 @@ class Policy:
 
 def _matches(patterns: list[str], action: str) -> bool:
     return any(pattern == action or fnmatchcase(action, pattern) for pattern in patterns)
+
+
+def metric_for(action: str) -> str | None:
+    """The metered counter an action consumes, if any (e.g. runs:create -> jobs)."""
+    return get_policy().actions.get(action, {}).get("metric")
 
 
 @lru_cache(maxsize=1)

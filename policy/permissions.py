@@ -8,6 +8,8 @@ from __future__ import annotations
 from rest_framework import exceptions, permissions
 
 from levqor.errors import APIError
+from policy import quotas
+from policy.engine import metric_for
 from policy.enforce import authorize
 from tenants.context import current_tenant_or_none
 from tenants.principals import principal_for
@@ -38,4 +40,17 @@ class TenantPolicyPermission(permissions.BasePermission):
         request.principal = principal
         authorize(tenant_id=ctx.id, plan=ctx.plan, role=principal.role, action=action, actor=principal.actor,
                   resource=request.path, request=request)
+        meter(ctx, "api_calls")
+        metric = metric_for(action)
+        if metric:
+            meter(ctx, metric, rate_limit=False)
         return True
+
+
+def meter(ctx, metric: str, *, rate_limit: bool = True) -> None:
+    """Count one unit against the tenant's plan; 429 past its rate limit or quota."""
+    outcome = quotas.consume(tenant_id=ctx.id, metric=metric, limits=ctx.limits, rate_limit=rate_limit)
+    if not outcome.allowed:
+        raise APIError(outcome.code, outcome.rationale, status_code=429, headers={"Retry-After": str(outcome.retry_after)},
+                       details={"metric": metric, "used": outcome.used, "limit": outcome.limit,
+                                "retry_after": outcome.retry_after, "rationale": outcome.rationale})

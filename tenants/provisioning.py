@@ -44,7 +44,7 @@ class Provisioning:
     tenant: object | None = None
     api_key: str | None = None
     timings: dict = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=lambda: time.monotonic())
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,29 @@ def tenant_create(*, name, slug, plan, region=None, admin_email="", actor: str) 
         raise APIError("slug_taken", f"slug {slug!r} is taken", status_code=409) from None
 
 
+def tenant_change_plan(*, tenant: Tenant, plan, actor: str) -> Tenant:
+    """Change the plan; its limits and features apply from the tenant's next request.
+
+    The isolation strategy stays as provisioned: moving between schema and database is
+    a migration job of its own (copy, verify, switch), not a side effect of a plan change.
+    """
+    from policy.plans import plan_limits
+    from tenants.models import TenantBilling, TenantRuntime
+
+    if not isinstance(plan, str) or not is_plan(plan):
+        raise _invalid("plan", f"plan must be one of {', '.join(plan_names())}")
+    if plan == tenant.plan:
+        return tenant
+    previous = tenant.plan
+    with transaction.atomic():
+        tenant.plan = plan
+        tenant.save(update_fields=["plan"])
+        TenantBilling.dangerously_all_tenants.filter(tenant=tenant).update(plan=plan)
+        TenantRuntime.dangerously_all_tenants.filter(tenant=tenant).update(limits_json=plan_limits(plan))
+        audit.record("plan.changed", tenant_id=tenant.id, actor=actor, metadata={"from": previous, "to": plan})
+    return tenant
+
+
 def _set_status(tenant: Tenant, status: str, **extra) -> None:
     tenant.status = status
     tenant.status_changed_at = timezone.now()
