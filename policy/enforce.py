@@ -15,12 +15,18 @@ def authorize(*, tenant_id: int, plan: str, role: str | None, action: str, actor
               resource: str = "", request=None) -> Decision:
     decision = decide(plan=plan, role=role or "none", action=action)
     if not decision.allowed:
-        from compliance import audit
-
-        with transaction.atomic():
-            audit.record("policy.deny", tenant_id=tenant_id, actor=actor, request=request,
-                         metadata={"action": action, "resource": resource, "role": role, "plan": plan,
-                                   "rationale": decision.rationale})
-        raise APIError("policy_denied", decision.rationale, status_code=403,
-                       details={"action": action, "rationale": decision.rationale})
+        deny(tenant_id=tenant_id, plan=plan, role=role, action=action, actor=actor, resource=resource,
+             rationale=decision.rationale, request=request)
     return decision
+
+
+def deny(*, tenant_id: int, plan: str, role: str | None, action: str, actor: str, resource: str, rationale: str,
+         request=None):
+    """Record a deny in the tenant's trail and refuse with the rationale."""
+    from compliance import audit
+
+    with transaction.atomic():
+        audit.record("policy.deny", tenant_id=tenant_id, actor=actor, request=request,
+                     metadata={"action": action, "resource": resource, "role": role, "plan": plan,
+                               "rationale": rationale})
+    raise APIError("policy_denied", rationale, status_code=403, details={"action": action, "rationale": rationale})

@@ -104,7 +104,12 @@ class PlatformKey(models.Model):
 class TenantUser(TenantScopedModel):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="members")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships")
+    class WorkflowScope(models.TextChoices):
+        ALL = "all"  # the role decides for every workflow
+        GRANTED = "granted"  # only workflows granted to this member (django-guardian)
+
     role = models.CharField(max_length=16, choices=ROLE_CHOICES)
+    workflow_scope = models.CharField(max_length=16, choices=WorkflowScope.choices, default=WorkflowScope.ALL)
     sso_id = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -13,6 +13,7 @@ class Principal:
     is_staff: bool = False
     key_id: int | None = None
     user_id: int | None = None
+    workflow_scope: str = "all"  # "granted": runs limited to workflows granted by django-guardian
 
     # DRF and Django treat request.user as authenticated when this is true.
     is_authenticated: bool = True
@@ -35,7 +36,11 @@ def principal_for(request, tenant_id: int | None = None) -> Principal | None:
     if tenant_id is not None:
         from tenants.models import TenantUser
 
-        membership = TenantUser.dangerously_all_tenants.filter(tenant_id=tenant_id, user_id=user.pk).only("role").first()
+        membership = TenantUser.dangerously_all_tenants.filter(tenant_id=tenant_id, user_id=user.pk).only(
+            "role", "workflow_scope").first()
         role = membership.role if membership else None
+        scope = membership.workflow_scope if membership else "all"
+    else:
+        scope = "all"
     return Principal(kind="user", actor=f"user:{user.get_username()}", tenant_id=tenant_id if role else None,
-                     role=role, is_staff=bool(user.is_staff), user_id=user.pk)
+                     role=role, is_staff=bool(user.is_staff), user_id=user.pk, workflow_scope=scope)

@@ -4,7 +4,9 @@ from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from policy.objects import authorize_run
 from tenants.api_base import TenantViewSet
+from tenants.context import current_tenant
 from workflows import services
 from workflows.models import Workflow
 from workflows.serializers import RunInputSerializer, WorkflowRunSerializer, WorkflowSerializer
@@ -43,7 +45,9 @@ class WorkflowViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
     def run(self, request, pk=None):
         body = RunInputSerializer(data=request.data if isinstance(request.data, dict) else {"input": request.data})
         body.is_valid(raise_exception=True)
-        run = services.workflow_run(workflow=self.get_object(), actor=request.principal.actor,
+        workflow = self.get_object()
+        authorize_run(principal=request.principal, ctx=current_tenant(), workflow=workflow, request=request)
+        run = services.workflow_run(workflow=workflow, actor=request.principal.actor,
                                     input=body.validated_data.get("input"))
         return Response(WorkflowRunSerializer(run).data, status=status.HTTP_201_CREATED)
 

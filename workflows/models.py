@@ -34,6 +34,9 @@ class Workflow(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Object-level grant (django-guardian) for members whose runs are limited to
+        # chosen workflows: see policy/objects.py.
+        permissions = [("run_workflow", "Can run this workflow")]
 
 
 class WorkflowRun(models.Model):
