@@ -9,6 +9,7 @@ from rest_framework import exceptions, permissions
 
 from levqor.errors import APIError
 from policy import quotas
+from tenants import hotcache
 from policy.engine import metric_for
 from policy.enforce import authorize
 from tenants.context import current_tenant_or_none
@@ -40,17 +41,36 @@ class TenantPolicyPermission(permissions.BasePermission):
         request.principal = principal
         authorize(tenant_id=ctx.id, plan=ctx.plan, role=principal.role, action=action, actor=principal.actor,
                   resource=request.path, request=request)
-        meter(ctx, "api_calls")
+        outcome = meter(ctx, "api_calls")
+        if hotcache.observe_generation(outcome.generation):
+            revalidate(request, ctx, principal)
         metric = metric_for(action)
         if metric:
             meter(ctx, metric, rate_limit=False)
         return True
 
 
-def meter(ctx, metric: str, *, rate_limit: bool = True) -> None:
+def revalidate(request, ctx, principal) -> None:
+    """Tenancy data changed somewhere in the fleet: check this request against the database."""
+    from tenants.models import Tenant, TenantKey
+
+    status = Tenant.objects.filter(pk=ctx.id).values_list("status", flat=True).first()
+    if status != Tenant.Status.ACTIVE:
+        code = "tenant_suspended" if status == Tenant.Status.SUSPENDED else "tenant_deleted"
+        raise APIError(code, f"This tenant is {status}.", status_code=403)
+    if principal.kind == "tenant_key":
+        key = TenantKey.dangerously_all_tenants.filter(pk=principal.key_id).values("revoked_at", "role").first()
+        if key is None or key["revoked_at"] is not None:
+            raise exceptions.AuthenticationFailed("The API key has been revoked.")
+        if key["role"] != principal.role:
+            raise APIError("stale_credentials", "This key's role changed; retry the request.", status_code=409)
+
+
+def meter(ctx, metric: str, *, rate_limit: bool = True) -> quotas.Outcome:
     """Count one unit against the tenant's plan; 429 past its rate limit or quota."""
     outcome = quotas.consume(tenant_id=ctx.id, metric=metric, limits=ctx.limits, rate_limit=rate_limit)
     if not outcome.allowed:
         raise APIError(outcome.code, outcome.rationale, status_code=429, headers={"Retry-After": str(outcome.retry_after)},
                        details={"metric": metric, "used": outcome.used, "limit": outcome.limit,
                                 "retry_after": outcome.retry_after, "rationale": outcome.rationale})
+    return outcome

@@ -37,6 +37,7 @@ from django.utils import timezone
 
 from levqor.faults import fault_point
 from levqor.redis import client
+from tenants.hotcache import GENERATION_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ METRICS = ("api_calls", "jobs")
 WARN_AT = 0.8
 BURST_FACTOR = 2
 
-# KEYS: bucket, total, pending    ARGV: now_ms, rate, burst, limit, n, metric, ttl
+# KEYS: bucket, total, pending, generation    ARGV: now_ms, rate, burst, limit, n, metric, ttl
+# Returns {code, extra, generation}; the tenancy generation rides along for tenants/hotcache.py.
 _HIT = """
+local gen = tonumber(redis.call('GET', KEYS[4])) or 0
 local now = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
@@ -59,24 +62,24 @@ if rate > 0 then
   if tokens < 1 then
     redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
     redis.call('PEXPIRE', KEYS[1], 60000)
-    return {-1, math.ceil((1 - tokens) * 1000 / rate)}
+    return {-1, math.ceil((1 - tokens) * 1000 / rate), gen}
   end
   redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'ts', now)
   redis.call('PEXPIRE', KEYS[1], 60000)
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  return {-3, 0}
+  return {-3, 0, gen}
 end
 if limit >= 0 then
   local used = tonumber(redis.call('GET', KEYS[2]))
   if used + n > limit then
-    return {-2, used}
+    return {-2, used, gen}
   end
 end
 local total = redis.call('INCRBY', KEYS[2], n)
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
 redis.call('HINCRBY', KEYS[3], ARGV[6], n)
-return {total, 0}
+return {total, 0, gen}
 """
 
 
@@ -88,6 +91,7 @@ class Outcome:
     limit: int | None = None
     retry_after: int = 0
     rationale: str = ""
+    generation: int | None = None  # tenancy generation seen (tenants/hotcache.py)
 
 
 def period_of(now: datetime | None = None) -> str:
@@ -103,7 +107,7 @@ def period_end(period: str) -> datetime:
 
 def _keys(tenant_id: int, metric: str, period: str) -> tuple[str, str, str]:
     return (f"levqor:bucket:{tenant_id}", f"levqor:usage:{tenant_id}:{metric}:{period}",
-            f"levqor:pending:{period}:{tenant_id}")
+            f"levqor:pending:{period}:{tenant_id}", GENERATION_KEY)
 
 
 class _LocalBuffer:
@@ -150,7 +154,7 @@ def ledger_total(tenant_id: int, metric: str, period: str) -> int:
 
 def _seed_total(tenant_id: int, metric: str, period: str) -> None:
     """Rebuild a missing period total: flushed ledger + counts still pending in Redis."""
-    _, total_key, pending_key = _keys(tenant_id, metric, period)
+    _, total_key, pending_key, _ = _keys(tenant_id, metric, period)
     r = client()
     pending = int(r.hget(pending_key, metric) or 0)
     inflight = sum(int(r.hget(key, metric) or 0) for key in r.scan_iter(f"levqor:inflight:{period}:{tenant_id}:*"))
@@ -178,20 +182,20 @@ def consume(*, tenant_id: int, metric: str, limits: dict, n: int = 1, rate_limit
         logger.warning("Redis unavailable: counting %s for tenant %s locally", metric, tenant_id)
         local_buffer.add(tenant_id, metric, period, n)
         return Outcome(allowed=True, limit=limit)
-    code, extra = int(result[0]), int(result[1])
+    code, extra, generation = int(result[0]), int(result[1]), int(result[2])
     if code == -1:
         retry = max(1, -(-extra // 1000))
-        return Outcome(False, "rate_limited", limit=limit, retry_after=retry,
+        return Outcome(False, "rate_limited", limit=limit, retry_after=retry, generation=generation,
                        rationale=f"rate limit of {rate} requests/second exceeded")
     if code == -2:
         retry = max(1, int((period_end(period) - now).total_seconds()))
         _threshold_crossed(tenant_id, metric, period, extra, limit, "exceeded")
-        return Outcome(False, "quota_exceeded", used=extra, limit=limit, retry_after=retry,
+        return Outcome(False, "quota_exceeded", used=extra, limit=limit, retry_after=retry, generation=generation,
                        rationale=f"{metric} {extra}/{limit} used this period")
     used = code
     if limit and used - n < WARN_AT * limit <= used:
         _threshold_crossed(tenant_id, metric, period, used, limit, "warning")
-    return Outcome(True, used=used, limit=limit)
+    return Outcome(True, used=used, limit=limit, generation=generation)
 
 
 def _threshold_crossed(tenant_id: int, metric: str, period: str, used: int, limit: int, level: str) -> None:
@@ -230,7 +234,7 @@ def _push_local_buffer() -> None:
         r = client()
         pipe = r.pipeline()
         for (tenant_id, metric, period), n in deltas.items():
-            _, total_key, pending_key = _keys(tenant_id, metric, period)
+            _, total_key, pending_key, _ = _keys(tenant_id, metric, period)
             pipe.incrby(total_key, n)
             pipe.hincrby(pending_key, metric, n)
         pipe.execute()
@@ -244,7 +248,7 @@ def usage(tenant_id: int, limits: dict, period: str | None = None) -> dict:
     period = period or period_of()
     result = {}
     for metric in METRICS:
-        _, total_key, _ = _keys(tenant_id, metric, period)
+        _, total_key, _, _ = _keys(tenant_id, metric, period)
         try:
             raw = client().get(total_key)
             used = int(raw) if raw is not None else None

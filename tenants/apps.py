@@ -18,6 +18,22 @@ class TenantsConfig(AppConfig):
         # connection per tenant it ever served (PgBouncer makes reconnecting cheap).
         request_finished.connect(_close_tenant_connections, dispatch_uid="levqor-tenant-db-cleanup")
 
+        # Any saved or deleted tenant, domain or key (the admin included) invalidates the
+        # hot cache of every process; queryset updates in the services bump explicitly.
+        from django.db.models.signals import post_delete, post_save
+
+        from tenants.models import Domain, Tenant, TenantKey
+
+        for model in (Tenant, Domain, TenantKey):
+            post_save.connect(_tenancy_changed, sender=model, dispatch_uid=f"levqor-hot-{model.__name__}-save")
+            post_delete.connect(_tenancy_changed, sender=model, dispatch_uid=f"levqor-hot-{model.__name__}-delete")
+
+
+def _tenancy_changed(**kwargs):
+    from tenants import hotcache
+
+    hotcache.bump()
+
 
 def _close_tenant_connections(**kwargs):
     from tenants import broker

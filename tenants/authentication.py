@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from levqor.errors import APIError
+from tenants import hotcache
 from tenants import keys as keyring
 from tenants.context import current_tenant_or_none
 from tenants.models import PlatformKey, Tenant, TenantKey
@@ -44,29 +45,32 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         key = PlatformKey.objects.filter(prefix=parsed.prefix).first()
         if key is None or not keyring.matches(parsed, key.api_key_hash) or key.revoked_at:
             raise exceptions.AuthenticationFailed("The API key is not valid.")
-        _touch(PlatformKey.objects.filter(pk=key.pk), key.last_used_at)
+        _touch(key, PlatformKey.objects.filter(pk=key.pk))
         return Principal(kind="platform_key", actor=f"staff-key:{key.prefix}", is_staff=True, key_id=key.pk), key
 
     def _tenant(self, parsed, request):
-        # Platform lookup: the key itself tells which tenant it belongs to.
-        key = TenantKey.dangerously_all_tenants.select_related("tenant").filter(prefix=parsed.prefix).first()
+        ctx = current_tenant_or_none()
+        # Platform lookup: the key itself tells which tenant it belongs to. Tenant routes
+        # read it from the hot cache (re-checked when the fleet generation moves).
+        key = (hotcache.key_for(parsed.prefix) if ctx is not None else
+               TenantKey.dangerously_all_tenants.select_related("tenant").filter(prefix=parsed.prefix).first())
         if key is None or not keyring.matches(parsed, key.api_key_hash):
             raise exceptions.AuthenticationFailed("The API key is not valid.")
         if key.revoked_at is not None or key.tenant.status in (Tenant.Status.DELETING, Tenant.Status.DELETED):
             raise exceptions.AuthenticationFailed("The API key has been revoked.")
-        ctx = current_tenant_or_none()
         if ctx is not None and ctx.id != key.tenant_id:
             from tenants.security import cross_tenant_attempt
 
             cross_tenant_attempt(key=key, target_tenant_id=ctx.id, request=request)
             raise APIError("cross_tenant_forbidden", "This key does not belong to this tenant.", status_code=403)
-        _touch(TenantKey.dangerously_all_tenants.filter(pk=key.pk), key.last_used_at)
+        _touch(key, TenantKey.dangerously_all_tenants.filter(pk=key.pk))
         principal = Principal(kind="tenant_key", actor=f"key:{key.prefix}", tenant_id=key.tenant_id, role=key.role,
                               key_id=key.pk)
         return principal, key
 
 
-def _touch(queryset, last_used_at) -> None:
+def _touch(key, queryset) -> None:
     now = timezone.now()
-    if last_used_at is None or now - last_used_at > LAST_USED_EVERY:
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_EVERY:
+        key.last_used_at = now  # the cached object too, or every request would write
         queryset.update(last_used_at=now)

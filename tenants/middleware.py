@@ -19,6 +19,7 @@ import re
 from django.conf import settings
 
 from levqor.errors import error_response
+from tenants import hotcache
 from tenants.context import tenant_context
 from tenants.models import Domain, Tenant
 from tenants.slugs import SLUG_RE
@@ -59,7 +60,7 @@ class TenantContextMiddleware:
         if ref is None:
             return error_response(400, "tenant_required",
                                   "This route needs a tenant: send X-Tenant-ID or use the tenant's host name.")
-        tenant = self._load(ref)
+        tenant, ctx = hotcache.tenant_for("id" if ref.kind == "custom_domain" else ref.kind, ref.value)
         if tenant is None:
             return error_response(404, "tenant_not_found", "No such tenant.")
         if header_ref and host_ref and not host_ref.matches(tenant):
@@ -71,7 +72,7 @@ class TenantContextMiddleware:
         if tenant.status != Tenant.Status.ACTIVE:
             return error_response(409, "tenant_not_ready", "This tenant is still being provisioned.")
 
-        with tenant_context(tenant) as ctx:
+        with tenant_context(ctx):
             request.tenant = ctx
             return self.get_response(request)
 
@@ -99,9 +100,3 @@ class TenantContextMiddleware:
         # A custom domain: one indexed lookup, only on tenant routes.
         tenant_id = Domain.objects.filter(domain=host, verified=True).values_list("tenant_id", flat=True).first()
         return TenantRef("custom_domain", tenant_id, "host") if tenant_id else None
-
-    @staticmethod
-    def _load(ref: TenantRef):
-        if ref.kind == "slug":
-            return Tenant.objects.filter(slug=ref.value).first()
-        return Tenant.objects.filter(pk=ref.value).first()

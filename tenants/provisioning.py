@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from levqor.faults import fault_point
+from tenants import hotcache
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +222,7 @@ def _activate(p: Provisioning) -> None:
             status=Tenant.Status.ACTIVE, provision_ms=provision_ms, provision_steps=p.timings,
             status_changed_at=timezone.now(),
         )
+        hotcache.bump()  # processes may hold it as `provisioning`
         audit.record("tenant.created", tenant_id=tenant.pk, actor=p.request.actor,
                      metadata={"plan": tenant.plan, "region": tenant.region, "isolation": tenant.isolation,
                                "provision_ms": provision_ms})

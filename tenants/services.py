@@ -13,6 +13,7 @@ from django.utils import timezone
 from compliance import audit
 from levqor.errors import APIError
 from policy.plans import is_plan, plan_has, plan_names
+from tenants import hotcache
 from tenants import keys as keyring
 from tenants import provisioning
 from tenants.models import ROLES, PlatformKey, Tenant, TenantKey
@@ -69,6 +70,7 @@ def tenant_change_plan(*, tenant: Tenant, plan, actor: str) -> Tenant:
         tenant.save(update_fields=["plan"])
         TenantBilling.dangerously_all_tenants.filter(tenant=tenant).update(plan=plan)
         TenantRuntime.dangerously_all_tenants.filter(tenant=tenant).update(limits_json=plan_limits(plan))
+        hotcache.bump()
         audit.record("plan.changed", tenant_id=tenant.id, actor=actor, metadata={"from": previous, "to": plan})
     return tenant
 
@@ -79,6 +81,7 @@ def _set_status(tenant: Tenant, status: str, **extra) -> None:
     for key, value in extra.items():
         setattr(tenant, key, value)
     tenant.save(update_fields=["status", "status_changed_at", *extra])
+    hotcache.bump()
 
 
 def tenant_suspend(*, tenant: Tenant, actor: str, reason: str = "") -> Tenant:
@@ -159,6 +162,7 @@ def key_revoke(*, key: TenantKey, actor: str) -> TenantKey:
         with transaction.atomic():
             key.revoked_at = timezone.now()
             key.save(update_fields=["revoked_at"])
+            hotcache.bump()
             audit.record("key.revoked", tenant_id=key.tenant_id, actor=actor, metadata={"prefix": key.prefix})
     return key
 
@@ -169,6 +173,7 @@ def keys_rotate(*, tenant: Tenant, actor: str) -> tuple[TenantKey, str]:
     new = keyring.generate()
     with transaction.atomic():
         revoked = TenantKey.dangerously_all_tenants.filter(tenant=tenant, revoked_at__isnull=True).update(revoked_at=now)
+        hotcache.bump()
         key = TenantKey(tenant=tenant, prefix=new.prefix, api_key_hash=new.hash, role="owner",
                         name="owner (rotated)", created_by=actor)
         key.save(force_insert=True)

@@ -1,0 +1,199 @@
+"""Benchmark: the policy engine, and what the whole tenancy stack adds to a request.
+
+Prints one JSON line:
+- engine: decisions per second and p50/p99 latency on one core, for the cached path every
+  request takes and for a cold evaluation of the rules;
+- stack: p50/p95 of `GET /api/workflows` through everything (tenant middleware, API key
+  auth, policy, quota counter) against the same DRF view with those layers off (a
+  pre-built tenant context, no auth, no policy, no counter), in one run, in-process
+  (Django test client: no network noise), and the overhead in percent.
+
+Run: make bench-policy   (or scripts/levqor_services.py exec -- .venv/bin/python bench/policy.py)
+Uses its own database (levqor_bench_policy), created and dropped here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _configure():
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/levqor").rsplit("/", 1)[0]
+    os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", f"{base}/levqor_bench_policy")
+    os.environ.setdefault("DJANGO_DEBUG", "true")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "levqor.settings"
+    os.environ.setdefault("LEVQOR_LOG_LEVEL", "WARNING")
+    # The real policy file, with a rate limit the benchmark's tight loop does not hit (the
+    # token bucket still runs on every request: only its refill rate differs).
+    import tempfile
+
+    data = json.loads((ROOT / "policy" / "policies.json").read_text())
+    data["plans"]["pro"]["limits"]["rate_per_second"] = 1_000_000
+    handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    json.dump(data, handle)
+    handle.close()
+    os.environ["LEVQOR_POLICY_FILE"] = handle.name
+
+
+def _percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def bench_engine(n: int) -> dict:
+    from policy.engine import ROLES, get_policy
+
+    policy = get_policy()
+    actions = list(policy.actions)
+    plans = list(policy.plans)
+    combos = [(p, r, a) for p in plans for r in ROLES for a in actions]
+    # Cached path (what each request does): batches timed, per-decision latency derived.
+    for plan, role, action in combos:
+        policy.decide(plan=plan, role=role, action=action)
+    latencies = []
+    start = time.perf_counter()
+    for i in range(n):
+        plan, role, action = combos[i % len(combos)]
+        t0 = time.perf_counter_ns()
+        policy.decide(plan=plan, role=role, action=action)
+        latencies.append(time.perf_counter_ns() - t0)
+    elapsed = time.perf_counter() - start
+    cold = []
+    for i in range(min(n, 20000)):
+        plan, role, action = combos[i % len(combos)]
+        t0 = time.perf_counter_ns()
+        policy._decide(plan, role, action)
+        cold.append(time.perf_counter_ns() - t0)
+    return {
+        "decisions": n,
+        "per_second": round(n / elapsed),
+        "p50_us": round(_percentile(latencies, 0.5) / 1000, 2),
+        "p99_us": round(_percentile(latencies, 0.99) / 1000, 2),
+        "cold_p50_us": round(_percentile(cold, 0.5) / 1000, 2),
+        "cold_p99_us": round(_percentile(cold, 0.99) / 1000, 2),
+    }
+
+
+def _plain_view():
+    """The same endpoint with the tenancy layers off."""
+    from django.urls import path
+    from rest_framework import permissions
+
+    from tenants.context import tenant_context
+    from workflows.api import WorkflowViewSet
+
+    class PlainWorkflows(WorkflowViewSet):
+        authentication_classes = []
+        permission_classes = [permissions.AllowAny]
+
+    view = PlainWorkflows.as_view({"get": "list"})
+    state = {}
+
+    def plain(request):
+        with tenant_context(state["ctx"]):
+            return view(request)
+
+    return path("bench/plain/workflows", plain), state
+
+
+def bench_stack(requests: int) -> dict:
+    from django.core.management import call_command
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    from levqor import urls
+    from tenants import services
+    from tenants.context import build_context
+
+    call_command("migrate", verbosity=0)
+    slug = f"bench-{os.getpid()}"
+    result = services.tenant_create(name="Bench", slug=slug, plan="pro", admin_email="b@bench.test", actor="bench")
+    tenant, key = result.tenant, result.api_key
+    route, state = _plain_view()
+    state["ctx"] = build_context(tenant)
+    urls.urlpatterns.append(route)
+    client = Client()
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}", "HTTP_X_TENANT_ID": slug}
+    for i in range(5):
+        client.post("/api/workflows", data=json.dumps({"name": f"wf {i}"}), content_type="application/json", **headers)
+
+    def run(url, extra):
+        times = []
+        for _ in range(requests):
+            t0 = time.perf_counter_ns()
+            response = client.get(url, **extra)
+            times.append(time.perf_counter_ns() - t0)
+            assert response.status_code == 200, response.content[:200]
+        return times
+
+    with override_settings(DEBUG=False):
+        run("/api/workflows", headers)  # warm up both paths
+        run("/bench/plain/workflows", {})
+        full, plain = [], []
+        for _ in range(5):  # interleaved rounds, so drift hits both alike
+            full += run("/api/workflows", headers)
+            plain += run("/bench/plain/workflows", {})
+    services.tenant_delete(tenant=tenant, actor="bench")
+    services.tenant_purge(tenant=tenant, actor="bench")
+    p50_full, p50_plain = _percentile(full, 0.5) / 1e6, _percentile(plain, 0.5) / 1e6
+    return {
+        "requests_each": len(full),
+        "full_stack_p50_ms": round(p50_full, 3), "full_stack_p95_ms": round(_percentile(full, 0.95) / 1e6, 3),
+        "plain_drf_p50_ms": round(p50_plain, 3), "plain_drf_p95_ms": round(_percentile(plain, 0.95) / 1e6, 3),
+        "added_p50_ms": round(p50_full - p50_plain, 3),
+        "overhead_percent_p50": round((p50_full - p50_plain) * 100 / p50_plain, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--decisions", type=int, default=500_000)
+    parser.add_argument("--requests", type=int, default=400, help="per path per round (5 rounds)")
+    parser.add_argument("--keep", action="store_true", help="keep the bench database")
+    args = parser.parse_args()
+    _configure()
+    import psycopg2
+
+    import dj_database_url
+
+    db = dj_database_url.parse(os.environ["DATABASE_URL"])
+    admin = psycopg2.connect(dbname="postgres", user=db.get("USER") or None, host=db.get("HOST") or None,
+                             port=db.get("PORT") or None, password=db.get("PASSWORD") or None)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]])
+        if not cursor.fetchone():
+            cursor.execute(f'CREATE DATABASE "{db["NAME"]}"')
+    import django
+
+    django.setup()
+    engine = bench_engine(args.decisions)
+    stack = bench_stack(args.requests)
+    from django.db import connections
+
+    connections.close_all()
+    if not args.keep:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
+            cursor.execute(f'DROP DATABASE IF EXISTS "{db["NAME"][:40]}_tpl" WITH (FORCE)')
+    admin.close()
+    print(json.dumps({
+        "bench": "policy", "machine": {"cpus": os.cpu_count()},
+        "engine": engine, "stack": stack,
+        "target": {"decision_us_max": 20, "decisions_per_second_min": 50000, "stack_overhead_percent_max": 15},
+        "met": {"engine": engine["p99_us"] <= 20 and engine["per_second"] >= 50000,
+                "stack": stack["overhead_percent_p50"] <= 15},
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
