@@ -66,11 +66,42 @@ def record(event: str, *, tenant_id: int, actor: str, metadata: dict | None = No
     return entry
 
 
+def purge(*, tenant_id: int, up_to_seq: int | None = None, reason: str, actor: str,
+          checkpoint: bool = True) -> int:
+    """The one way rows leave tenant_audit (the trigger refuses every other DELETE).
+
+    Deletes the tenant's rows up to `up_to_seq` (all when None) and, unless the tenant
+    never existed (a rolled-back provisioning), writes a checkpoint holding the last
+    deleted row's hash so the rest of the chain stays verifiable.
+    """
+    from compliance.models import AuditCheckpoint
+
+    rows = AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant_id)
+    if up_to_seq is not None:
+        rows = rows.filter(seq__lte=up_to_seq)
+    with transaction.atomic():
+        last = rows.order_by("-seq").values("seq", "hash").first()
+        if last is None:
+            return 0
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('levqor.audit_purge', 'on', true)")
+        count, _ = rows.delete()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('levqor.audit_purge', 'off', true)")
+        if checkpoint:
+            AuditCheckpoint.objects.create(tenant_id=tenant_id, seq=last["seq"], hash=last["hash"], purged_rows=count,
+                                           reason=reason, actor=actor)
+    return count
+
+
 def verify_chain(tenant_id: int) -> tuple[bool, int | None]:
-    """(intact, first broken seq)."""
-    prev = GENESIS
-    expected_seq = 1
-    for row in AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant_id).order_by("seq").iterator():
+    """(intact, first broken seq). Starts from the latest purge checkpoint, if any."""
+    from compliance.models import AuditCheckpoint
+
+    checkpoint = AuditCheckpoint.objects.filter(tenant_id=tenant_id).order_by("-seq").first()
+    prev = checkpoint.hash if checkpoint else GENESIS
+    expected_seq = checkpoint.seq + 1 if checkpoint else 1
+    for row in AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant_id, seq__gte=expected_seq).order_by("seq").iterator():
         digest = content_hash(prev_hash=prev, tenant_id=row.tenant_id, seq=row.seq, event=row.event,
                               actor=row.actor, ts=row.ts, metadata=row.metadata_json)
         if row.seq != expected_seq or row.prev_hash != prev or row.hash != digest:

@@ -29,6 +29,23 @@ class AuditEvent(TenantScopedModel):
         return f"{self.tenant_id}#{self.seq} {self.event}"
 
 
+class AuditCheckpoint(models.Model):
+    """Where a tenant's chain resumes after its oldest rows were purged (retention, tenant
+    purge): the last purged row's seq and hash. Written by the one purge path."""
+
+    tenant_id = models.BigIntegerField(db_index=True)
+    seq = models.PositiveBigIntegerField()
+    hash = models.CharField(max_length=64)
+    purged_rows = models.PositiveIntegerField()
+    reason = models.CharField(max_length=200)
+    actor = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "tenant_audit_checkpoints"
+        ordering = ["-seq"]
+
+
 class Alert(models.Model):
     """Something a person should look at. `audience` says who may see it."""
 

@@ -171,6 +171,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
+    "URL_FORMAT_OVERRIDE": None,  # ?format= belongs to our endpoints (audit export), not to DRF
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Levqor API",
@@ -187,6 +188,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "purge-deleted-tenants": {"task": "tenants.tasks.purge_deleted_tenants", "schedule": 3600.0},
     "flush-usage": {"task": "policy.tasks.flush_usage", "schedule": 60.0},
+    "audit-retention": {"task": "compliance.tasks.audit_retention", "schedule": 86400.0},
 }
 
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")

@@ -24,6 +24,7 @@ api = [
     path("org/members", tenant_api.OrgMembers.as_view(), name="org-members"),
     path("tenants/<int:tenant_id>/plan", tenant_api.TenantPlan.as_view(), name="tenant-plan"),
     path("org/audit", tenant_api.OrgAudit.as_view(), name="org-audit"),
+    path("org/audit/export", tenant_api.OrgAuditExport.as_view(), name="org-audit-export"),
     path("org/usage", tenant_api.OrgUsage.as_view(), name="org-usage"),
     path("org/policy/simulate", tenant_api.OrgPolicySimulate.as_view(), name="org-policy-simulate"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -182,30 +182,81 @@ class OrgMembers(TenantAPIView):
         ]})
 
 
+def _audit_events(request):
+    """The current tenant's events, newest first, filtered by ?event=&since=&until=."""
+    events = AuditEvent.objects.order_by("-seq")
+    event = request.query_params.get("event")
+    if event:
+        events = events.filter(event=event)
+    for param, lookup in (("since", "ts__gte"), ("until", "ts__lt")):
+        raw = request.query_params.get(param)
+        if raw:
+            try:
+                when = parse_datetime(raw)
+            except ValueError:
+                when = None
+            if when is None:
+                raise APIError("invalid_input", f"{param} must be an ISO 8601 date-time", details={"param": param})
+            events = events.filter(**{lookup: when})
+    return events
+
+
+def _audit_row(e) -> dict:
+    return {"seq": e.seq, "event": e.event, "actor": e.actor, "ts": e.ts.isoformat(), "ip": e.ip,
+            "metadata": e.metadata_json, "prev_hash": e.prev_hash, "hash": e.hash}
+
+
 class OrgAudit(TenantAPIView):
     policy_actions = {"GET": "audit:read"}
 
     def get(self, request):
-        events = AuditEvent.objects.order_by("-seq")
-        event = request.query_params.get("event")
-        if event:
-            events = events.filter(event=event)
-        for param, lookup in (("since", "ts__gte"), ("until", "ts__lt")):
-            raw = request.query_params.get(param)
-            if raw:
-                try:
-                    when = parse_datetime(raw)
-                except ValueError:
-                    when = None
-                if when is None:
-                    raise APIError("invalid_input", f"{param} must be an ISO 8601 date-time", details={"param": param})
-                events = events.filter(**{lookup: when})
-        page = self.paginate_queryset(events)
-        return self.get_paginated_response([
-            {"seq": e.seq, "event": e.event, "actor": e.actor, "ts": e.ts, "ip": e.ip, "metadata": e.metadata_json,
-             "hash": e.hash}
-            for e in page
-        ])
+        page = self.paginate_queryset(_audit_events(request))
+        return self.get_paginated_response([_audit_row(e) for e in page])
+
+
+class OrgAuditExport(TenantAPIView):
+    """GET /api/org/audit/export?format=csv|jsonl: the whole filtered trail, streamed; audited."""
+
+    policy_actions = {"GET": "audit:export"}
+
+    def get(self, request):
+        import csv
+        import io
+        import json
+
+        from django.http import StreamingHttpResponse
+
+        from compliance import audit
+
+        fmt = request.query_params.get("format", "jsonl")
+        if fmt not in ("csv", "jsonl"):
+            raise APIError("invalid_input", "format must be csv or jsonl", details={"param": "format"})
+        events = _audit_events(request)
+        ctx = current_tenant()
+        audit.record("data.exported", tenant_id=ctx.id, actor=request.principal.actor, request=request,
+                     metadata={"what": "audit", "format": fmt, "filters": dict(request.query_params.items())})
+        rows = (_audit_row(e) for e in events.iterator(chunk_size=500))
+        if fmt == "jsonl":
+            body = (json.dumps(row, default=str) + "\n" for row in rows)
+            content_type = "application/x-ndjson"
+        else:
+            fields = ["seq", "event", "actor", "ts", "ip", "metadata", "prev_hash", "hash"]
+
+            def lines():
+                buffer = io.StringIO()
+                writer = csv.DictWriter(buffer, fieldnames=fields)
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow({**row, "metadata": json.dumps(row["metadata"], sort_keys=True)})
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
+                yield buffer.getvalue()
+
+            body, content_type = lines(), "text/csv"
+        response = StreamingHttpResponse(body, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="audit-{ctx.slug}.{fmt}"'
+        return response
 
 
 class OrgUsage(TenantAPIView):

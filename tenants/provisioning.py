@@ -116,13 +116,14 @@ def _tenant_row(p: Provisioning) -> None:
 
 
 def _tenant_row_undo(p: Provisioning) -> None:
-    from compliance.models import AuditEvent
+    from compliance import audit
     from tenants.models import Tenant
 
     if p.tenant is not None and p.tenant.pk:
         # The tenant never existed for anyone: the events its steps wrote (key.created,
-        # tenant.created) go with it, so a failed signup leaves no trace.
-        AuditEvent.dangerously_all_tenants.filter(tenant_id=p.tenant.pk).delete()
+        # tenant.created) go with it, through the audit trail's one purge path, so a
+        # failed signup leaves no trace.
+        audit.purge(tenant_id=p.tenant.pk, reason="provisioning rolled back", actor=p.request.actor, checkpoint=False)
         Tenant.objects.filter(pk=p.tenant.pk).delete()
 
 

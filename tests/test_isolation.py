@@ -23,6 +23,9 @@ TENANT_ROUTES = [
     ("post", "/api/org/keys", {"role": "viewer", "name": "k"}),
     ("get", "/api/org/members", None),
     ("get", "/api/org/audit", None),
+    ("get", "/api/org/audit/export", None),
+    ("get", "/api/org/usage", None),
+    ("get", "/api/org/policy/simulate?plan=pro", None),
 ]
 
 
