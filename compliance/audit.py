@@ -8,6 +8,7 @@ transaction of the change it records: both commit or neither does.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from django.utils import timezone
 from compliance import events
 from compliance.models import AuditEvent
 
+logger = logging.getLogger(__name__)
 GENESIS = "0" * 64
 _LOCK_CLASS = 7301  # advisory lock namespace for audit chains
 
@@ -63,7 +65,17 @@ def record(event: str, *, tenant_id: int, actor: str, metadata: dict | None = No
             hash=content_hash(prev_hash=prev_hash, tenant_id=tenant_id, seq=seq, event=event, actor=actor[:200], ts=ts, metadata=metadata),
         )
         entry.save(force_insert=True)
+        transaction.on_commit(lambda: _wake_streams(tenant_id))
     return entry
+
+
+def _wake_streams(tenant_id: int) -> None:
+    try:
+        from compliance.streams import schedule_for_tenant
+
+        schedule_for_tenant(tenant_id)
+    except Exception:  # the broker is down: the minutely sweep delivers later
+        logger.warning("could not wake audit streams of tenant %s", tenant_id, exc_info=True)
 
 
 def purge(*, tenant_id: int, up_to_seq: int | None = None, reason: str, actor: str,

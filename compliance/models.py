@@ -29,6 +29,37 @@ class AuditEvent(TenantScopedModel):
         return f"{self.tenant_id}#{self.seq} {self.event}"
 
 
+class AuditStream(TenantScopedModel):
+    """A tenant's SIEM destination. Its cursor is the last audit seq delivered: the audit
+    trail itself is the outbox, so nothing is lost while the receiver is down."""
+
+    class Kind(models.TextChoices):
+        SPLUNK = "splunk_hec"
+        DATADOG = "datadog"
+        WEBHOOK = "webhook"
+
+    class State(models.TextChoices):
+        ACTIVE = "active"
+        FAILING = "failing"  # retrying with backoff
+        PAUSED = "paused"
+        DEAD = "dead"  # gave up after too many failures; an alert was raised; replay resumes it
+
+    tenant_id = models.BigIntegerField(db_index=True)
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    url = models.URLField(max_length=2000)
+    secret_encrypted = models.TextField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    cursor_seq = models.PositiveBigIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True)
+    last_delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_audit_streams"
+
+
 class AuditCheckpoint(models.Model):
     """Where a tenant's chain resumes after its oldest rows were purged (retention, tenant
     purge): the last purged row's seq and hash. Written by the one purge path."""

@@ -30,3 +30,32 @@ def apply_audit_retention(*, now=None) -> dict:
 @shared_task(name="compliance.tasks.audit_retention")
 def audit_retention() -> dict:
     return apply_audit_retention()
+
+
+@shared_task(name="compliance.tasks.deliver_stream", bind=True, max_retries=None, acks_late=True)
+def deliver_stream(self, stream_id: int) -> int:
+    """Deliver a stream until it is caught up; on failure retry with exponential backoff."""
+    from compliance import streams
+
+    sent = 0
+    while True:
+        result = streams.deliver(stream_id)
+        sent += result["sent"]
+        if result.get("error"):
+            if result["state"] == "failing":
+                raise self.retry(countdown=min(2 ** min(result["failures"], 8), 300))
+            return sent
+        if not result["more"]:
+            return sent
+
+
+@shared_task(name="compliance.tasks.sweep_streams")
+def sweep_streams() -> int:
+    """Every minute: wake streams with undelivered events (covers a lost wake-up)."""
+    from compliance.models import AuditStream
+
+    woken = 0
+    for stream_id in AuditStream.dangerously_all_tenants.filter(state=AuditStream.State.ACTIVE).values_list("pk", flat=True):
+        deliver_stream.delay(stream_id)
+        woken += 1
+    return woken

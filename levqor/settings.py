@@ -53,6 +53,9 @@ LEVQOR_SIGNUP_RATE = os.environ.get("LEVQOR_SIGNUP_RATE", "10/hour")
 LEVQOR_DELETE_GRACE_DAYS = int(os.environ.get("LEVQOR_DELETE_GRACE_DAYS", "30"))
 LEVQOR_FAULTS = frozenset(env_list("LEVQOR_FAULTS", ""))
 LEVQOR_MAX_BODY_BYTES = int(os.environ.get("LEVQOR_MAX_BODY_BYTES", str(1024 * 1024)))
+# Outbound destinations tenants configure (SIEM streams) must be public HTTPS; hosts listed
+# here may also be plain HTTP and internal (tests use 127.0.0.1).
+LEVQOR_OUTBOUND_ALLOW_HOSTS = env_list("LEVQOR_OUTBOUND_ALLOW_HOSTS", "")
 # Client IPs are taken from X-Forwarded-For only behind a proxy we trust to set it.
 LEVQOR_TRUST_X_FORWARDED_FOR = env_bool("LEVQOR_TRUST_X_FORWARDED_FOR", False)
 
@@ -189,6 +192,7 @@ CELERY_BEAT_SCHEDULE = {
     "purge-deleted-tenants": {"task": "tenants.tasks.purge_deleted_tenants", "schedule": 3600.0},
     "flush-usage": {"task": "policy.tasks.flush_usage", "schedule": 60.0},
     "audit-retention": {"task": "compliance.tasks.audit_retention", "schedule": 86400.0},
+    "sweep-audit-streams": {"task": "compliance.tasks.sweep_streams", "schedule": 60.0},
 }
 
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")

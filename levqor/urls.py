@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from compliance import api as compliance_api
 from levqor import health
 from tenants import api as tenant_api
 from tenants import views as tenant_views
@@ -25,6 +26,9 @@ api = [
     path("tenants/<int:tenant_id>/plan", tenant_api.TenantPlan.as_view(), name="tenant-plan"),
     path("org/audit", tenant_api.OrgAudit.as_view(), name="org-audit"),
     path("org/audit/export", tenant_api.OrgAuditExport.as_view(), name="org-audit-export"),
+    path("org/streams", compliance_api.OrgStreams.as_view(), name="org-streams"),
+    path("org/streams/<int:stream_id>", compliance_api.OrgStreamDetail.as_view(), name="org-stream"),
+    path("org/streams/<int:stream_id>/replay", compliance_api.OrgStreamReplay.as_view(), name="org-stream-replay"),
     path("org/usage", tenant_api.OrgUsage.as_view(), name="org-usage"),
     path("org/policy/simulate", tenant_api.OrgPolicySimulate.as_view(), name="org-policy-simulate"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -25,6 +25,7 @@ TENANT_ROUTES = [
     ("get", "/api/org/audit", None),
     ("get", "/api/org/audit/export", None),
     ("get", "/api/org/usage", None),
+    ("get", "/api/org/streams", None),
     ("get", "/api/org/policy/simulate?plan=pro", None),
 ]
 

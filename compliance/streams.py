@@ -1,0 +1,149 @@
+"""SIEM streams: the tenant's audit trail delivered, in order, to Splunk HEC, Datadog logs
+or a signed webhook.
+
+The audit table is the outbox: each stream keeps a cursor (the last seq delivered) and a
+delivery sends the next batch after it, then advances the cursor. Every event carries a
+stable id (`<tenant id>-<seq>`), so a receiver that honours ids never sees one twice even
+if a delivery is retried after the receiver accepted it but before we heard back.
+Failures retry with exponential backoff (Celery); after MAX_FAILURES the stream is
+`dead` and an alert is raised; `stream_replay()` rewinds the cursor to a point in time.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+
+import requests
+from django.db import transaction
+from django.utils import timezone
+
+from compliance import audit, outbound
+from compliance.alerts import alert_raise
+from compliance.models import AuditEvent, AuditStream
+from levqor.errors import APIError
+from tenants import secrets
+
+logger = logging.getLogger(__name__)
+BATCH = 200
+TIMEOUT_SECONDS = 5.0
+MAX_FAILURES = 30  # with backoff capped at 5 minutes: well over an hour of outage
+
+
+def event_payload(event: AuditEvent) -> dict:
+    return {"id": f"{event.tenant_id}-{event.seq}", "tenant_id": event.tenant_id, "seq": event.seq,
+            "event": event.event, "actor": event.actor, "ts": event.ts.isoformat(), "ip": event.ip,
+            "metadata": event.metadata_json, "hash": event.hash}
+
+
+def render(stream: AuditStream, events: list[AuditEvent], secret: str) -> tuple[bytes, dict]:
+    payloads = [event_payload(e) for e in events]
+    if stream.kind == AuditStream.Kind.SPLUNK:
+        # HEC batch format: concatenated event objects.
+        body = "".join(json.dumps({"time": round(e.ts.timestamp(), 3), "host": "levqor", "source": "levqor",
+                                   "sourcetype": "levqor:audit", "event": p}, separators=(",", ":"))
+                       for e, p in zip(events, payloads)).encode()
+        return body, {"Authorization": f"Splunk {secret}", "Content-Type": "application/json"}
+    if stream.kind == AuditStream.Kind.DATADOG:
+        body = json.dumps([{"ddsource": "levqor", "service": "levqor-audit", "hostname": "levqor",
+                            "ddtags": f"tenant_id:{p['tenant_id']},event:{p['event']}", "message": json.dumps(p),
+                            "event_id": p["id"]} for p in payloads], separators=(",", ":")).encode()
+        return body, {"DD-API-KEY": secret, "Content-Type": "application/json"}
+    body = json.dumps({"events": payloads}, separators=(",", ":")).encode()
+    timestamp = str(int(time.time()))
+    signature = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return body, {"Content-Type": "application/json", "X-Levqor-Timestamp": timestamp,
+                  "X-Levqor-Signature": f"sha256={signature}"}
+
+
+def deliver(stream_id: int) -> dict:
+    """Deliver the next batch of one stream. Serialized per stream by a row lock."""
+    with transaction.atomic():
+        stream = (AuditStream.dangerously_all_tenants.select_for_update(skip_locked=True)
+                  .filter(pk=stream_id, state__in=[AuditStream.State.ACTIVE, AuditStream.State.FAILING]).first())
+        if stream is None:
+            return {"sent": 0, "more": False, "state": None}
+        events = list(AuditEvent.dangerously_all_tenants.filter(tenant_id=stream.tenant_id, seq__gt=stream.cursor_seq)
+                      .order_by("seq")[:BATCH])
+        if not events:
+            return {"sent": 0, "more": False, "state": stream.state}
+        body, headers = render(stream, events, secrets.decrypt(stream.secret_encrypted))
+        try:
+            response = outbound.post(stream.url, body=body, headers=headers, timeout=TIMEOUT_SECONDS)
+            error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+        except (requests.RequestException, APIError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        if error is None:
+            stream.cursor_seq = events[-1].seq
+            stream.failures = 0
+            stream.state = AuditStream.State.ACTIVE
+            stream.last_error = ""
+            stream.last_delivered_at = timezone.now()
+        else:
+            stream.failures += 1
+            stream.last_error = error
+            stream.state = AuditStream.State.FAILING
+            if stream.failures >= MAX_FAILURES:
+                stream.state = AuditStream.State.DEAD
+                alert_raise(kind="siem.delivery_failed", tenant_id=stream.tenant_id, severity="critical",
+                            message=f"SIEM stream {stream.name} gave up after {stream.failures} failures: {error}",
+                            metadata={"stream_id": stream.pk, "cursor_seq": stream.cursor_seq},
+                            dedupe_key=f"stream:{stream.pk}")
+        stream.save(update_fields=["cursor_seq", "failures", "state", "last_error", "last_delivered_at"])
+    return {"sent": len(events) if error is None else 0, "more": error is None and len(events) == BATCH,
+            "state": stream.state, "failures": stream.failures, "error": error}
+
+
+def schedule_for_tenant(tenant_id: int) -> None:
+    """After an audit event commits: wake the tenant's streams."""
+    from compliance.tasks import deliver_stream
+
+    for stream_id in AuditStream.dangerously_all_tenants.filter(
+            tenant_id=tenant_id, state__in=[AuditStream.State.ACTIVE, AuditStream.State.FAILING]).values_list("pk", flat=True):
+        deliver_stream.delay(stream_id)
+
+
+# --- configuration (services) -------------------------------------------------------------
+
+
+def stream_create(*, tenant_id: int, name: str, kind: str, url: str, secret: str, actor: str) -> AuditStream:
+    if kind not in AuditStream.Kind.values:
+        raise APIError("invalid_input", f"kind must be one of {', '.join(AuditStream.Kind.values)}")
+    if not isinstance(name, str) or not name or len(name) > 100:
+        raise APIError("invalid_input", "name is required (at most 100 characters)")
+    if not isinstance(secret, str) or len(secret) < 8:
+        raise APIError("invalid_input", "secret (token, API key or signing secret) of at least 8 characters is required")
+    outbound.check_destination(url)
+    with transaction.atomic():
+        # Start at the head: a new stream sends what happens from now; replay sends history.
+        head = AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant_id).order_by("-seq").values_list(
+            "seq", flat=True).first() or 0
+        stream = AuditStream(tenant_id=tenant_id, name=name, kind=kind, url=url, cursor_seq=head,
+                             secret_encrypted=secrets.encrypt(secret))
+        stream.save(force_insert=True)
+        audit.record("config.changed", tenant_id=tenant_id, actor=actor,
+                     metadata={"change": "audit_stream_created", "stream": name, "kind": kind, "url": url})
+    return stream
+
+
+def stream_replay(*, stream: AuditStream, since, actor: str) -> AuditStream:
+    """Re-send every event from `since` on (and resume a dead or paused stream)."""
+    with transaction.atomic():
+        before = AuditEvent.dangerously_all_tenants.filter(tenant_id=stream.tenant_id, ts__lt=since).order_by(
+            "-seq").values_list("seq", flat=True).first() or 0
+        stream.cursor_seq = before
+        stream.state = AuditStream.State.ACTIVE
+        stream.failures = 0
+        stream.save(update_fields=["cursor_seq", "state", "failures"])
+        audit.record("config.changed", tenant_id=stream.tenant_id, actor=actor,
+                     metadata={"change": "audit_stream_replay", "stream": stream.name, "since": since.isoformat()})
+    return stream
+
+
+def stream_delete(*, stream: AuditStream, actor: str) -> None:
+    with transaction.atomic():
+        stream.delete()
+        audit.record("config.changed", tenant_id=stream.tenant_id, actor=actor,
+                     metadata={"change": "audit_stream_deleted", "stream": stream.name})
