@@ -63,3 +63,90 @@ class OrgStreamReplay(OrgStreamDetail):
             raise APIError("invalid_input", "since must be an ISO 8601 date-time", details={"field": "since"})
         stream = streams.stream_replay(stream=self._stream(stream_id), since=since, actor=request.principal.actor)
         return Response(_stream_json(stream))
+
+
+class OrgIntegrity(TenantAPIView):
+    """POST runs the Integrity Pack now; GET lists recent runs."""
+
+    policy_actions = {"GET": "evidence:read", "POST": "integrity:run"}
+
+    def get(self, request):
+        from compliance.models import IntegrityRun
+
+        runs = IntegrityRun.objects.all()[:20]
+        return Response({"results": [{"id": r.pk, "status": r.status, "results": r.results, "actor": r.actor,
+                                      "created_at": r.created_at} for r in runs]})
+
+    def post(self, request):
+        from compliance.integrity import integrity_run
+        from tenants.models import Tenant
+
+        run = integrity_run(tenant=Tenant.objects.get(pk=current_tenant().id), actor=request.principal.actor)
+        return Response({"id": run.pk, "status": run.status, "results": run.results}, status=status.HTTP_201_CREATED)
+
+
+def _report_json(request, report) -> dict:
+    from compliance import evidence
+
+    data = {"id": report.pk, "status": report.status, "period_start": report.period_start,
+            "period_end": report.period_end, "sha256": report.sha256, "head_seq": report.head_seq,
+            "head_hash": report.head_hash, "error": report.error, "created_at": report.created_at}
+    if report.status == report.Status.READY:
+        data["download_url"] = request.build_absolute_uri(f"/evidence/{evidence.download_token(report)}")
+        data["download_expires_in"] = evidence.DOWNLOAD_SECONDS
+    return data
+
+
+class OrgEvidence(TenantAPIView):
+    policy_actions = {"GET": "evidence:read", "POST": "evidence:generate"}
+
+    def get(self, request):
+        from compliance.models import EvidenceReport
+
+        return Response({"results": [_report_json(request, r) for r in EvidenceReport.objects.all()[:20]]})
+
+    def post(self, request):
+        from django.utils import timezone
+
+        from compliance import evidence
+        from tenants.models import Tenant
+
+        body = _body(request)
+        since = parse_datetime(body["since"]) if isinstance(body.get("since"), str) else None
+        until = parse_datetime(body["until"]) if isinstance(body.get("until"), str) else timezone.now()
+        if since is None or until is None or since >= until:
+            raise APIError("invalid_input", "since (and optional until) must be ISO 8601 date-times, since < until")
+        report = evidence.evidence_request(tenant=Tenant.objects.get(pk=current_tenant().id), since=since, until=until,
+                                           actor=request.principal.actor)
+        return Response(_report_json(request, report), status=status.HTTP_202_ACCEPTED)
+
+
+class OrgEvidenceDetail(TenantAPIView):
+    policy_actions = {"GET": "evidence:read"}
+
+    def get(self, request, report_id):
+        from compliance.models import EvidenceReport
+
+        report = EvidenceReport.objects.filter(pk=report_id).first()
+        if report is None:
+            raise APIError("not_found", "No such report.", status_code=404)
+        return Response(_report_json(request, report))
+
+
+def evidence_download(request, token: str):
+    """GET /evidence/<token>: the signed, expiring link is the credential."""
+    from django.http import FileResponse
+
+    from compliance import audit, evidence
+    from levqor.errors import error_response
+    from tenants.models import Tenant
+
+    report = evidence.report_for_token(token)
+    if report is None:
+        return error_response(404, "link_invalid", "This download link is invalid or has expired.")
+    tenant = Tenant.objects.get(pk=report.tenant_id)
+    audit.record("data.exported", tenant_id=tenant.id, actor=f"link:evidence-{report.pk}", request=request,
+                 metadata={"what": "evidence", "report_id": report.pk})
+    handle = evidence.region_storage(tenant.region).open(report.path, "rb")
+    return FileResponse(handle, content_type="application/pdf", as_attachment=True,
+                        filename=f"evidence-{tenant.slug}-{report.pk}.pdf")

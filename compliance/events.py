@@ -27,6 +27,8 @@ EVENTS: dict[str, str] = {
     "data.exported": "audit or tenant data was exported",
     "config.changed": "tenant configuration changed",
     "quota.warning": "a metered quota passed 80 % of the plan's limit this period",
+    "integrity.checked": "the Integrity Pack ran (metadata: overall status)",
+    "evidence.generated": "an Evidence PDF was generated",
 }
 
 

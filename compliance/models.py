@@ -60,6 +60,41 @@ class AuditStream(TenantScopedModel):
         db_table = "tenant_audit_streams"
 
 
+class IntegrityRun(TenantScopedModel):
+    tenant_id = models.BigIntegerField(db_index=True)
+    status = models.CharField(max_length=8)  # pass | warn | fail
+    results = models.JSONField(default=list)  # [{"check", "status", "detail"}]
+    actor = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_integrity_runs"
+        ordering = ["-created_at"]
+
+
+class EvidenceReport(TenantScopedModel):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        READY = "ready"
+        FAILED = "failed"
+
+    tenant_id = models.BigIntegerField(db_index=True)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    path = models.CharField(max_length=500, blank=True)  # in the tenant's region storage
+    sha256 = models.CharField(max_length=64, blank=True)
+    head_seq = models.PositiveBigIntegerField(null=True, blank=True)
+    head_hash = models.CharField(max_length=64, blank=True)
+    requested_by = models.CharField(max_length=200)
+    error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_evidence_reports"
+        ordering = ["-created_at"]
+
+
 class AuditCheckpoint(models.Model):
     """Where a tenant's chain resumes after its oldest rows were purged (retention, tenant
     purge): the last purged row's seq and hash. Written by the one purge path."""

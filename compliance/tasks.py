@@ -59,3 +59,10 @@ def sweep_streams() -> int:
         deliver_stream.delay(stream_id)
         woken += 1
     return woken
+
+
+@shared_task(name="compliance.tasks.generate_evidence")
+def generate_evidence(report_id: int) -> str:
+    from compliance import evidence
+
+    return evidence.generate(report_id).sha256

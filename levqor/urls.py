@@ -26,6 +26,9 @@ api = [
     path("tenants/<int:tenant_id>/plan", tenant_api.TenantPlan.as_view(), name="tenant-plan"),
     path("org/audit", tenant_api.OrgAudit.as_view(), name="org-audit"),
     path("org/audit/export", tenant_api.OrgAuditExport.as_view(), name="org-audit-export"),
+    path("org/integrity", compliance_api.OrgIntegrity.as_view(), name="org-integrity"),
+    path("org/evidence", compliance_api.OrgEvidence.as_view(), name="org-evidence"),
+    path("org/evidence/<int:report_id>", compliance_api.OrgEvidenceDetail.as_view(), name="org-evidence-detail"),
     path("org/streams", compliance_api.OrgStreams.as_view(), name="org-streams"),
     path("org/streams/<int:stream_id>", compliance_api.OrgStreamDetail.as_view(), name="org-stream"),
     path("org/streams/<int:stream_id>/replay", compliance_api.OrgStreamReplay.as_view(), name="org-stream-replay"),
@@ -42,6 +45,7 @@ urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("org/bootstrap/<str:token>", tenant_views.bootstrap, name="org-bootstrap"),
+    path("evidence/<str:token>", compliance_api.evidence_download, name="evidence-download"),
     path("", tenant_views.landing, name="landing"),
 ]
 

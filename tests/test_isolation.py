@@ -26,6 +26,8 @@ TENANT_ROUTES = [
     ("get", "/api/org/audit/export", None),
     ("get", "/api/org/usage", None),
     ("get", "/api/org/streams", None),
+    ("get", "/api/org/integrity", None),
+    ("get", "/api/org/evidence", None),
     ("get", "/api/org/policy/simulate?plan=pro", None),
 ]
 
