@@ -7,9 +7,12 @@ transaction of the change it records: both commit or neither does.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
+import time
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.db import connection, transaction
@@ -20,13 +23,25 @@ from compliance.models import AuditEvent
 
 logger = logging.getLogger(__name__)
 GENESIS = "0" * 64
-_LOCK_CLASS = 7301  # advisory lock namespace for audit chains
+_LOCK_CLASS = 7301  # advisory lock namespace of audit chains (taken in SQL by levqor_audit_head)
 
 
 @dataclass(frozen=True)
 class RequestInfo:
     ip: str | None = None
     user_agent: str = ""
+
+
+_request_info: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("levqor_audit_request", default=None)
+
+
+@contextmanager
+def request_context(request):
+    token = _request_info.set(request_info(request))
+    try:
+        yield
+    finally:
+        _request_info.reset(token)
 
 
 def request_info(request) -> RequestInfo | None:
@@ -48,25 +63,51 @@ def content_hash(*, prev_hash: str, tenant_id: int, seq: int, event: str, actor:
 def record(event: str, *, tenant_id: int, actor: str, metadata: dict | None = None, request=None) -> AuditEvent:
     events.check(event)
     metadata = json.loads(json.dumps(metadata or {}, default=str))  # what is hashed is what is stored
-    info = request_info(request) if not isinstance(request, RequestInfo) else request
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_CLASS, int(tenant_id) % 2_147_483_647])
-            cursor.execute(
-                "SELECT seq, hash FROM public.tenant_audit WHERE tenant_id = %s ORDER BY seq DESC LIMIT 1", [tenant_id]
-            )
-            row = cursor.fetchone()
+    if request is None:
+        info = _request_info.get()  # set by AuditRequestMiddleware during a request
+    else:
+        info = request_info(request) if not isinstance(request, RequestInfo) else request
+    actor = actor[:200]
+    user_agent = info.user_agent if info else ""
+    ip = info.ip if info else None
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Hot path (every change writes one): one round trip locks the tenant's chain and
+        # reads its head, one inserts. Concurrent writers of a tenant queue on the lock.
+        cursor.execute("SELECT seq, hash FROM levqor_audit_head(%s)", [tenant_id])
+        row = cursor.fetchone()
         seq, prev_hash = (row[0] + 1, row[1]) if row else (1, GENESIS)
         ts = timezone.now()
-        entry = AuditEvent(
-            tenant_id=tenant_id, seq=seq, event=event, actor=actor[:200], ts=ts,
-            ip=info.ip if info else None, user_agent=info.user_agent if info else "",
-            metadata_json=metadata, prev_hash=prev_hash,
-            hash=content_hash(prev_hash=prev_hash, tenant_id=tenant_id, seq=seq, event=event, actor=actor[:200], ts=ts, metadata=metadata),
+        digest = content_hash(prev_hash=prev_hash, tenant_id=tenant_id, seq=seq, event=event, actor=actor, ts=ts,
+                              metadata=metadata)
+        cursor.execute(
+            "INSERT INTO public.tenant_audit (tenant_id, seq, event, actor, ts, ip, user_agent, metadata_json, "
+            "prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            [tenant_id, seq, event, actor, ts, ip, user_agent, json.dumps(metadata), prev_hash, digest],
         )
-        entry.save(force_insert=True)
-        transaction.on_commit(lambda: _wake_streams(tenant_id))
-    return entry
+        (pk,) = cursor.fetchone()
+        if _has_streams(tenant_id):
+            transaction.on_commit(lambda: _wake_streams(tenant_id))
+    return AuditEvent(id=pk, tenant_id=tenant_id, seq=seq, event=event, actor=actor, ts=ts, ip=ip,
+                      user_agent=user_agent, metadata_json=metadata, prev_hash=prev_hash, hash=digest)
+
+
+_streams_seen = {"at": 0.0, "tenants": frozenset()}
+
+
+def _has_streams(tenant_id: int) -> bool:
+    """Whether the tenant has SIEM streams, from a list refreshed every few seconds (the
+    minutely sweep delivers anything a stale list missed)."""
+    now = time.monotonic()
+    if now - _streams_seen["at"] > 5:
+        from compliance.models import AuditStream
+
+        _streams_seen["tenants"] = frozenset(AuditStream.dangerously_all_tenants.values_list("tenant_id", flat=True))
+        _streams_seen["at"] = now
+    return tenant_id in _streams_seen["tenants"]
+
+
+def forget_stream_list() -> None:
+    _streams_seen["at"] = 0.0
 
 
 def _wake_streams(tenant_id: int) -> None:

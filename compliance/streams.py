@@ -123,6 +123,7 @@ def stream_create(*, tenant_id: int, name: str, kind: str, url: str, secret: str
         stream = AuditStream(tenant_id=tenant_id, name=name, kind=kind, url=url, cursor_seq=head,
                              secret_encrypted=secrets.encrypt(secret))
         stream.save(force_insert=True)
+        audit.forget_stream_list()
         audit.record("config.changed", tenant_id=tenant_id, actor=actor,
                      metadata={"change": "audit_stream_created", "stream": name, "kind": kind, "url": url})
     return stream

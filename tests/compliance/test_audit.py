@@ -99,3 +99,11 @@ def test_export_streams_the_trail_and_is_audited(make_tenant, fmt):
     assert api.get("/api/org/audit/export?format=xml").status_code == 400
     viewer = api.post("/api/org/keys", {"role": "viewer"}, format="json").json()["api_key"]
     assert client_for(viewer, tenant).get("/api/org/audit/export").status_code == 403
+
+
+def test_events_record_the_callers_ip_and_user_agent(make_tenant):
+    tenant, key = make_tenant()
+    client_for(key, tenant, HTTP_USER_AGENT="curl/8.5", REMOTE_ADDR="203.0.113.9").post(
+        "/api/org/keys", {"role": "viewer"}, format="json")
+    event = _events(tenant).last()
+    assert (event.event, event.ip, event.user_agent) == ("key.created", "203.0.113.9", "curl/8.5")
