@@ -45,7 +45,7 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         key = PlatformKey.objects.filter(prefix=parsed.prefix).first()
         if key is None or not keyring.matches(parsed, key.api_key_hash) or key.revoked_at:
             raise exceptions.AuthenticationFailed("The API key is not valid.")
-        _touch(key, PlatformKey.objects.filter(pk=key.pk))
+        _touch(key, PlatformKey.objects)
         return Principal(kind="platform_key", actor=f"staff-key:{key.prefix}", is_staff=True, key_id=key.pk), key
 
     def _tenant(self, parsed, request):
@@ -63,14 +63,14 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
 
             cross_tenant_attempt(key=key, target_tenant_id=ctx.id, request=request)
             raise APIError("cross_tenant_forbidden", "This key does not belong to this tenant.", status_code=403)
-        _touch(key, TenantKey.dangerously_all_tenants.filter(pk=key.pk))
+        _touch(key, TenantKey.dangerously_all_tenants)
         principal = Principal(kind="tenant_key", actor=f"key:{key.prefix}", tenant_id=key.tenant_id, role=key.role,
                               key_id=key.pk)
         return principal, key
 
 
-def _touch(key, queryset) -> None:
+def _touch(key, manager) -> None:
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_EVERY:
         key.last_used_at = now  # the cached object too, or every request would write
-        queryset.update(last_used_at=now)
+        manager.filter(pk=key.pk).update(last_used_at=now)

@@ -1,0 +1,85 @@
+"""Draw the benchmark figures in bench/results/*.json as SVG charts under docs/bench/.
+
+No plotting dependency: plain SVG horizontal bar charts (log scale where the values span
+orders of magnitude). Run after the benchmarks: .venv/bin/python bench/chart.py
+"""
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+OUT = ROOT / "docs" / "bench"
+COLORS = {"schema": "#3b5bdb", "database": "#0ca678", "migrate_baseline": "#e8590c", "full": "#3b5bdb",
+          "plain": "#adb5bd", "one": "#3b5bdb", "spread": "#0ca678"}
+
+
+def bar_chart(title: str, rows: list[tuple[str, float, str]], unit: str, *, log: bool = False,
+              target: float | None = None) -> str:
+    width, label_w, bar_h, gap, top = 760, 250, 20, 8, 48
+    plot_w = width - label_w - 90
+    height = top + len(rows) * (bar_h + gap) + 30
+    values = [v for _, v, _ in rows] + ([target] if target else [])
+    vmax = max(values) or 1
+    lo = min(v for v in values if v > 0) if log else 0
+
+    def scale(v: float) -> float:
+        if log:
+            low, high = math.log10(lo / 2), math.log10(vmax * 1.2)
+            return plot_w * (math.log10(max(v, lo / 2)) - low) / (high - low)
+        return plot_w * v / (vmax * 1.1)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="system-ui,sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="#fff"/>',
+             f'<text x="12" y="24" font-size="15" font-weight="600" fill="#1d2330">{escape(title)}</text>',
+             f'<text x="12" y="40" fill="#5b6477">{escape(unit)}{" (log scale)" if log else ""}</text>']
+    for i, (label, value, color) in enumerate(rows):
+        y = top + i * (bar_h + gap)
+        w = max(scale(value), 1)
+        parts.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end" fill="#1d2330">{escape(label)}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" rx="3" fill="{color}"/>')
+        shown = f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + 14}" fill="#1d2330">{shown}</text>')
+    if target:
+        x = label_w + scale(target)
+        parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 24}" stroke="#c92a2a" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{x + 4:.1f}" y="{height - 10}" fill="#c92a2a">target {target:,.0f}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    provision = RESULTS / "provision.json"
+    if provision.exists():
+        data = json.loads(provision.read_text())["results"]
+        rows = []
+        for size, figures in data.items():
+            for strategy in ("schema", "database", "migrate_baseline"):
+                rows.append((f"{strategy.replace('_', ' ')} · {int(size):,} tenants", figures[strategy]["p95_ms"],
+                             COLORS[strategy]))
+        (OUT / "provision.svg").write_text(bar_chart("Time to provision one tenant (p95)", rows, "milliseconds",
+                                                     log=True, target=1000))
+    policy = RESULTS / "policy.json"
+    if policy.exists():
+        stack = json.loads(policy.read_text())["stack"]
+        rows = [("plain DRF request p50", stack["plain_drf_p50_ms"], COLORS["plain"]),
+                ("with tenancy stack p50", stack["full_stack_p50_ms"], COLORS["full"]),
+                ("plain DRF request p95", stack["plain_drf_p95_ms"], COLORS["plain"]),
+                ("with tenancy stack p95", stack["full_stack_p95_ms"], COLORS["full"])]
+        (OUT / "policy.svg").write_text(bar_chart("GET /api/workflows, in-process", rows, "milliseconds"))
+    audit = RESULTS / "audit.json"
+    if audit.exists():
+        figures = json.loads(audit.read_text())
+        rows = [("writes, one tenant", figures["write_one_tenant"]["events_per_second"], COLORS["one"]),
+                ("writes, 100 tenants", figures["write_100_tenants"]["events_per_second"], COLORS["spread"]),
+                ("stream delivery (webhook)", figures["stream_webhook"]["events_per_second"], COLORS["schema"])]
+        (OUT / "audit.svg").write_text(bar_chart("Audit events per second (hash-chained)", rows, "events/second",
+                                                 log=True, target=2000))
+
+
+if __name__ == "__main__":
+    main()
