@@ -6,6 +6,7 @@ from rest_framework.routers import SimpleRouter
 from compliance import api as compliance_api
 from levqor import health
 from tenants import api as tenant_api
+from tenants import portal
 from tenants import views as tenant_views
 from workflows.api import WorkflowViewSet
 
@@ -45,6 +46,17 @@ urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("org/bootstrap/<str:token>", tenant_views.bootstrap, name="org-bootstrap"),
+    path("org", portal.home, name="org-home"),
+    path("org/choose", portal.choose, name="org-choose"),
+    path("org/audit", portal.audit_log, name="org-audit-log"),
+    path("org/settings/members", portal.members, name="org-members"),
+    path("org/settings/plan", portal.plan, name="org-plan"),
+    path("org/actions/rotate-keys", portal.rotate_keys, name="org-rotate-keys"),
+    path("org/actions/integrity", portal.run_integrity, name="org-integrity-run"),
+    path("org/actions/evidence", portal.generate_evidence, name="org-evidence-generate"),
+    path("org/invite/<str:token>", portal.accept_invitation, name="org-invite"),
+    path("accounts/", include("allauth.urls")),
+    path("docs/multitenancy", tenant_views.multitenancy_docs, name="docs-multitenancy"),
     path("evidence/<str:token>", compliance_api.evidence_download, name="evidence-download"),
     path("", tenant_views.landing, name="landing"),
 ]

@@ -151,3 +151,19 @@ class TenantDatabase(TenantScopedModel):
 
     class Meta(TenantScopedModel.Meta):
         db_table = "tenant_databases"
+
+
+class Invitation(TenantScopedModel):
+    """An invitation to join a tenant. The link carries a signed id; it is single-use
+    (accepted_at) and expires (INVITATION_DAYS)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=ROLE_CHOICES)
+    invited_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_invitations"

@@ -19,6 +19,26 @@ def landing(request):
     return render(request, "landing.html")
 
 
+def multitenancy_docs(request):
+    """/docs/multitenancy: the isolation model and the RBAC matrix, rendered from the policy
+    file itself so that the page cannot drift from what the engine enforces."""
+    from policy.engine import ROLES, get_policy
+
+    policy = get_policy()
+    plans = list(policy.plans)
+    rows = []
+    for action, spec in policy.actions.items():
+        if action.startswith("platform:"):
+            continue
+        rows.append({"action": action, "feature": spec.get("feature", ""),
+                     "roles": [policy.decide(plan=plans[-1], role=role, action=action).allowed for role in ROLES],
+                     "plans": [plan for plan in plans if not spec.get("feature")
+                               or spec["feature"] in policy.plans[plan]["features"]]})
+    return render(request, "docs/multitenancy.html", {"roles": ROLES, "rows": rows, "plans": [
+        {"name": name, "limits": sorted(spec["limits"].items()), "features": spec["features"]}
+        for name, spec in policy.plans.items()]})
+
+
 def bootstrap(request, token: str):
     """The link a signup returns: the admin sets a password and becomes the tenant's owner."""
     try:

@@ -1,0 +1,245 @@
+"""The org admin portal (/org): server-rendered pages over the same services and policy
+checks as the API. A denied action shows the engine's rationale."""
+from __future__ import annotations
+
+import functools
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from compliance.models import Alert, AuditEvent
+from levqor.errors import APIError
+from policy.engine import decide
+from policy.enforce import authorize
+from tenants import members as member_services
+from tenants import services
+from tenants.context import tenant_context
+from tenants.models import ROLES, Invitation, Tenant, TenantKey, TenantUser
+from tenants.principals import Principal
+
+SESSION_KEY = "levqor_tenant_id"
+
+# Buttons whose backend is not built yet say so instead of pretending.
+NOT_YET = {
+    "redeploy": "Redeploy arrives with the runtime work (regions and deploys).",
+    "export_backup": "Backups arrive with the runtime work (per-tenant backups and restore).",
+}
+
+
+def portal_page(action: str):
+    """Resolve the member's current organization, enter its context, check `action`."""
+
+    def decorate(view):
+        @login_required
+        @functools.wraps(view)
+        def wrapper(request, *args, **kwargs):
+            memberships = member_services.memberships_of(request.user)
+            chosen = request.session.get(SESSION_KEY)
+            member = next((m for m in memberships if m.tenant_id == chosen), None)
+            if member is None:
+                if len(memberships) == 1:
+                    member = memberships[0]
+                    request.session[SESSION_KEY] = member.tenant_id
+                else:
+                    return redirect("org-choose")
+            tenant = member.tenant
+            if tenant.status != Tenant.Status.ACTIVE:
+                return render(request, "portal/denied.html", {"tenant": tenant, "rationale": f"{tenant.name} is {tenant.status}."},
+                              status=403)
+            principal = Principal(kind="user", actor=f"user:{request.user.email or request.user.get_username()}",
+                                  tenant_id=tenant.id, role=member.role, user_id=request.user.pk,
+                                  workflow_scope=member.workflow_scope)
+            with tenant_context(tenant) as ctx:
+                request.tenant, request.member, request.principal = ctx, member, principal
+                try:
+                    authorize(tenant_id=ctx.id, plan=ctx.plan, role=member.role, action=action, actor=principal.actor,
+                              resource=request.path, request=request)
+                except APIError as exc:
+                    return render(request, "portal/denied.html", {"tenant": tenant, "rationale": exc.message}, status=403)
+                return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _can(request, action: str) -> bool:
+    return decide(plan=request.tenant.plan, role=request.member.role, action=action).allowed
+
+
+def _act(request, action: str, fn, success: str):
+    """Run a portal action through the policy engine; deny or failure -> a message with why."""
+    try:
+        authorize(tenant_id=request.tenant.id, plan=request.tenant.plan, role=request.member.role, action=action,
+                  actor=request.principal.actor, resource=request.path, request=request)
+        result = fn()
+    except APIError as exc:
+        messages.error(request, exc.message)
+        return None
+    if success:
+        messages.success(request, success)
+    return result
+
+
+def _usage_bars(ctx) -> list[dict]:
+    from policy import quotas
+
+    usage = quotas.usage(ctx.id, ctx.limits)
+    bars = []
+    for metric, figures in usage["metrics"].items():
+        percent = min(100.0, figures["percent"] or 0.0)
+        bars.append({"metric": metric.replace("_", " "), "used": figures["used"], "limit": figures["limit"],
+                     "percent": round(percent, 1), "level": "high" if percent >= 80 else "ok"})
+    return bars
+
+
+@login_required
+def choose(request):
+    memberships = member_services.memberships_of(request.user)
+    if request.method == "POST":
+        wanted = request.POST.get("tenant_id", "")
+        if any(str(m.tenant_id) == wanted for m in memberships):
+            request.session[SESSION_KEY] = int(wanted)
+            return redirect("org-home")
+        messages.error(request, "You are not a member of that organization.")
+    return render(request, "portal/choose.html", {"memberships": memberships})
+
+
+@portal_page("tenant:read")
+def home(request):
+    ctx = request.tenant
+    tenant = Tenant.objects.prefetch_related("domains").get(pk=ctx.id)
+    new_key = request.session.pop("levqor_new_key", None)  # shown once
+    return render(request, "portal/home.html", {
+        "tenant": tenant, "ctx": ctx, "member": request.member, "usage": _usage_bars(ctx),
+        "members": TenantUser.objects.select_related("user").order_by("created_at")[:10],
+        "events": AuditEvent.objects.order_by("-seq")[:8] if _can(request, "audit:read") else None,
+        "alerts": Alert.objects.filter(tenant_id=ctx.id, audience=Alert.Audience.TENANT, resolved_at__isnull=True)[:5],
+        "new_key": new_key, "not_yet": NOT_YET,
+        "can": {name: _can(request, action) for name, action in (
+            ("rotate", "keys:rotate"), ("invite", "members:invite"), ("integrity", "integrity:run"),
+            ("evidence", "evidence:generate"))},
+    })
+
+
+@require_POST
+@portal_page("tenant:read")
+def rotate_keys(request):
+    tenant = Tenant.objects.get(pk=request.tenant.id)
+    result = _act(request, "keys:rotate", lambda: services.keys_rotate(tenant=tenant, actor=request.principal.actor),
+                  "Every earlier key is revoked. Copy the new owner key now: it is shown once.")
+    if result:
+        request.session["levqor_new_key"] = result[1]
+    return redirect("org-home")
+
+
+@require_POST
+@portal_page("tenant:read")
+def run_integrity(request):
+    from compliance.integrity import integrity_run
+
+    tenant = Tenant.objects.get(pk=request.tenant.id)
+    run = _act(request, "integrity:run", lambda: integrity_run(tenant=tenant, actor=request.principal.actor), "")
+    if run:
+        failed = [r["check"] for r in run.results if r["status"] == "fail"]
+        (messages.success if run.status != "fail" else messages.error)(
+            request, f"Integrity Pack: {run.status}" + (f" (failed: {', '.join(failed)})" if failed else ""))
+    return redirect("org-home")
+
+
+@require_POST
+@portal_page("tenant:read")
+def generate_evidence(request):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from compliance import evidence
+
+    tenant = Tenant.objects.get(pk=request.tenant.id)
+    until = timezone.now()
+    _act(request, "evidence:generate",
+         lambda: evidence.evidence_request(tenant=tenant, since=until - timedelta(days=30), until=until,
+                                           actor=request.principal.actor),
+         "Evidence PDF for the last 30 days requested; it appears under Audit when ready.")
+    return redirect("org-home")
+
+
+@portal_page("audit:read")
+def audit_log(request):
+    from compliance.models import EvidenceReport
+
+    events = AuditEvent.objects.order_by("-seq")
+    chosen = request.GET.get("event", "")
+    if chosen:
+        events = events.filter(event=chosen)
+    page = Paginator(events, 25).get_page(request.GET.get("page"))
+    from compliance.events import EVENTS
+    from compliance import evidence
+
+    reports = [(r, evidence.download_token(r) if r.status == "ready" else None)
+               for r in EvidenceReport.objects.all()[:5]]
+    return render(request, "portal/audit.html", {"page": page, "event_names": sorted(EVENTS), "chosen": chosen,
+                                                 "reports": reports})
+
+
+@portal_page("members:read")
+def members(request):
+    tenant = Tenant.objects.get(pk=request.tenant.id)
+    if request.method == "POST":
+        op = request.POST.get("op")
+        if op == "invite":
+            invitation = _act(request, "members:invite", lambda: member_services.member_invite(
+                tenant=tenant, email=request.POST.get("email", ""), role=request.POST.get("role", ""),
+                actor=request.principal.actor, base_url=request.build_absolute_uri("/")[:-1]), "")
+            if invitation:
+                messages.success(request, f"Invitation sent to {invitation.email}. Link (valid 7 days): "
+                                          f"{request.build_absolute_uri(member_services.invitation_link(invitation))}")
+        elif op in ("role", "remove"):
+            member = TenantUser.objects.select_related("user").filter(pk=request.POST.get("member_id") or 0).first()
+            if member is None:
+                messages.error(request, "No such member.")
+            elif op == "role":
+                _act(request, "members:update", lambda: member_services.member_change_role(
+                    member=member, role=request.POST.get("role", ""), actor=request.principal.actor),
+                    f"{member.user.email} is now {request.POST.get('role')}.")
+            else:
+                _act(request, "members:remove", lambda: member_services.member_remove(
+                    member=member, actor=request.principal.actor), f"{member.user.email} was removed.")
+        return redirect("org-members")
+    return render(request, "portal/members.html", {
+        "members": TenantUser.objects.select_related("user").order_by("created_at"),
+        "invitations": Invitation.objects.filter(accepted_at__isnull=True, revoked_at__isnull=True).order_by("-created_at"),
+        "roles": ROLES, "can_invite": _can(request, "members:invite"), "can_update": _can(request, "members:update"),
+        "can_remove": _can(request, "members:remove"),
+    })
+
+
+@portal_page("plan:read")
+def plan(request):
+    from django.conf import settings as django_settings
+
+    return render(request, "portal/plan.html", {"ctx": request.tenant, "billing_configured": bool(
+        django_settings.STRIPE_SECRET_KEY), "limits": sorted(request.tenant.limits.items()),
+        "features": sorted(request.tenant.features)})
+
+
+@login_required
+def accept_invitation(request, token: str):
+    invitation = member_services.invitation_for_token(token)
+    if invitation is None:
+        return render(request, "portal/invite.html", {"error": "This invitation link is invalid or has expired."},
+                      status=400)
+    if request.method == "POST":
+        try:
+            member_services.invitation_accept(invitation=invitation, user=request.user)
+        except APIError as exc:
+            return render(request, "portal/invite.html", {"invitation": invitation, "error": exc.message},
+                          status=exc.status_code)
+        request.session[SESSION_KEY] = invitation.tenant_id
+        messages.success(request, f"Welcome to {invitation.tenant.name}.")
+        return redirect("org-home")
+    return render(request, "portal/invite.html", {"invitation": invitation})

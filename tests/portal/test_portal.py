@@ -1,0 +1,109 @@
+"""The org admin portal as a member uses it (Django test client; the browser tests drive
+the same pages in Chromium)."""
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core import mail
+from django.test import Client
+
+from compliance.models import AuditEvent
+from tenants.models import TenantUser
+
+
+def _user(email, tenant=None, role=None):
+    user = get_user_model().objects.create_user(username=email, email=email, password="a-long-pass-123")
+    if tenant is not None:
+        TenantUser(tenant=tenant, user=user, role=role).save(force_insert=True)
+    client = Client()
+    client.force_login(user)
+    return user, client
+
+
+def test_overview_shows_status_usage_members_and_activity(make_tenant):
+    tenant, _ = make_tenant()
+    _, owner = _user("owner@acme.test", tenant, "owner")
+    page = owner.get("/org")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert tenant.name in html and "plan <strong>core</strong>" in html and "api calls" in html
+    assert "owner@acme.test" in html and "Recent activity" in html
+    assert "Redeploy" in html and "not available yet" in html  # unbuilt backends say so
+
+
+def test_member_of_two_orgs_picks_one(make_tenant):
+    a, _ = make_tenant()
+    b, _ = make_tenant()
+    user, client = _user("both@x.test", a, "owner")
+    TenantUser(tenant=b, user=user, role="viewer").save(force_insert=True)
+    assert client.get("/org").url == "/org/choose"
+    client.post("/org/choose", {"tenant_id": b.id})
+    assert b.name in client.get("/org").content.decode()
+    assert client.post("/org/choose", {"tenant_id": 999999}).status_code == 200  # not a member: stays
+
+
+def test_invite_accept_change_role_and_last_owner_rules(make_tenant):
+    tenant, _ = make_tenant()
+    _, owner = _user("owner@acme.test", tenant, "owner")
+    response = owner.post("/org/settings/members", {"op": "invite", "email": "new@acme.test", "role": "operator"},
+                          follow=True)
+    assert "Invitation sent to new@acme.test" in response.content.decode()
+    link = re.search(r"/org/invite/[^\s<]+", mail.outbox[-1].body if mail.outbox else response.content.decode()).group(0)
+    newbie, newbie_client = _user("new@acme.test")
+    assert newbie_client.post(link).status_code == 302
+    assert TenantUser.dangerously_all_tenants.get(tenant=tenant, user=newbie).role == "operator"
+    assert newbie_client.post(link).status_code == 410  # single use
+    _, stranger = _user("other@evil.test")
+    assert stranger.post(link).status_code in (403, 410)
+    member = TenantUser.dangerously_all_tenants.get(tenant=tenant, user=newbie)
+    owner.post("/org/settings/members", {"op": "role", "member_id": member.id, "role": "admin"})
+    assert TenantUser.dangerously_all_tenants.get(pk=member.pk).role == "admin"
+    me = TenantUser.dangerously_all_tenants.get(tenant=tenant, user__email="owner@acme.test")
+    demote = owner.post("/org/settings/members", {"op": "role", "member_id": me.id, "role": "viewer"}, follow=True)
+    assert "last owner cannot be demoted" in demote.content.decode()
+    remove = owner.post("/org/settings/members", {"op": "remove", "member_id": me.id}, follow=True)
+    assert "last owner cannot be removed" in remove.content.decode()
+    events = list(AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant.id).values_list("event", flat=True))
+    assert {"member.invited", "member.role_changed"} <= set(events)
+
+
+def test_viewer_sees_actions_disabled_and_a_direct_post_is_denied_with_rationale(make_tenant):
+    tenant, _ = make_tenant()
+    _, viewer = _user("viewer@acme.test", tenant, "viewer")
+    html = viewer.get("/org").content.decode()
+    assert re.search(r"<button disabled[^>]*>Rotate keys", html)
+    denied = viewer.post("/org/actions/rotate-keys", follow=True)
+    assert "role viewer lacks keys:rotate" in denied.content.decode()
+    assert viewer.get("/org/audit").status_code == 403  # viewers do not read the audit log
+    deny = AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant.id, event="policy.deny").first()
+    assert deny.metadata_json["rationale"] == "role viewer lacks keys:rotate"
+
+
+def test_owner_rotates_keys_and_sees_the_new_key_once(make_tenant):
+    tenant, old_key = make_tenant()
+    _, owner = _user("owner@acme.test", tenant, "owner")
+    owner.post("/org/actions/rotate-keys")
+    first = owner.get("/org").content.decode()
+    new_key = re.search(r'<code class="key">([^<]+)</code>', first).group(1)
+    assert new_key.startswith("lvq_") and new_key != old_key
+    assert new_key not in owner.get("/org").content.decode()  # shown once
+    from tests.conftest import client_for
+
+    assert client_for(old_key, tenant).get("/api/workflows").status_code == 401
+    assert client_for(new_key, tenant).get("/api/workflows").status_code == 200
+
+
+def test_audit_log_filters_and_shows_denies(make_tenant):
+    tenant, _ = make_tenant()
+    _, owner = _user("owner@acme.test", tenant, "owner")
+    _, viewer = _user("viewer@acme.test", tenant, "viewer")
+    viewer.post("/org/actions/integrity")
+    page = owner.get("/org/audit?event=policy.deny").content.decode()
+    assert "integrity:run: role viewer lacks integrity:run" in page
+    assert "tenant.created" not in page.split("<table>")[1]
+
+
+def test_anonymous_is_sent_to_login_and_docs_render_the_matrix(db):
+    assert Client().get("/org").url.startswith("/accounts/login/")
+    docs = Client().get("/docs/multitenancy").content.decode()
+    assert "<code>sso:configure</code>" in docs and "enterprise" in docs
