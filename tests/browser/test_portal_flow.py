@@ -1,0 +1,155 @@
+"""The portal in a real browser (headless Chromium via Selenium and chromedriver).
+
+Signup -> owner bootstrap -> org page -> invite a member -> the member signs up and
+accepts -> sees actions disabled -> the owner changes the role and rotates keys -> the audit
+log shows it all. Screenshots of the main pages go to docs/screenshots/ at 1280 and 390
+pixels wide.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not Path(CHROMIUM).exists() or not Path(CHROMEDRIVER).exists():
+        pytest.fail("Chromium and chromedriver are required (make test installs Debian's chromium and chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _shot(driver, name: str) -> None:
+    """Full-page screenshots at a desktop and a phone width (device metrics, not window size,
+    so the page is laid out exactly at that width)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for width, mobile in ((1280, False), (390, True)):
+        metrics = {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": mobile}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "height": min(height, 2400)})
+        driver.execute_script("window.scrollTo(0, 0)")
+        driver.save_screenshot(str(SHOTS / f"{name}-{width}.png"))
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def _fill(driver, name: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = driver.find_element(By.NAME, name)
+    field.clear()
+    field.send_keys(value)
+
+
+def _click(driver, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, f"//button[normalize-space()='{text}']").click()
+
+
+def _wait_for(driver, text: str, timeout: float = 10) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(lambda d: text in d.page_source, f"page never showed {text!r}")
+
+
+def _sign_out(driver, base: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(base + "/accounts/logout/")
+    driver.find_element(By.XPATH, "//form//button").click()
+    _wait_for(driver, "Sign in")
+
+
+def test_signup_invite_accept_change_role_rotate_and_audit(live_server, browser, settings):
+    from selenium.webdriver.common.by import By
+
+    settings.LEVQOR_SIGNUP_RATE = "1000/hour"
+    base = live_server.url
+    signup = APIClient().post("/api/tenants", {"name": "Acme Robotics", "slug": "acme-robotics", "plan": "pro",
+                                               "admin_email": "ann@acme.test"}, format="json")
+    assert signup.status_code == 201
+    bootstrap = signup.json()["sso_bootstrap_url"].split("testserver", 1)[1]
+
+    browser.get(base + "/")
+    _shot(browser, "landing")
+    # The owner sets a password through the signup's bootstrap link and lands in the portal.
+    browser.get(base + bootstrap)
+    _fill(browser, "password", "correct-horse-battery-9")
+    _click(browser, "Create owner account")
+    _wait_for(browser, "Acme Robotics is ready")
+    browser.get(base + "/org")
+    assert "Acme Robotics" in browser.page_source and "plan <strong>pro</strong>" in browser.page_source
+    _shot(browser, "org-overview")
+
+    # Invite a member.
+    browser.get(base + "/org/settings/members")
+    _fill(browser, "email", "bob@acme.test")
+    browser.find_element(By.XPATH, "//select[@name='role' and not(@disabled)]/option[.='viewer']").click()
+    _click(browser, "Send invitation")
+    _wait_for(browser, "Invitation sent")
+    link = re.search(r"/org/invite/[^\s<\"]+", browser.page_source).group(0)
+    _shot(browser, "members")
+    _sign_out(browser, base)
+
+    # Bob signs up with allauth and accepts.
+    browser.get(base + "/accounts/signup/")
+    _fill(browser, "email", "bob@acme.test")
+    _fill(browser, "password1", "another-long-pass-77")
+    _fill(browser, "password2", "another-long-pass-77")
+    browser.find_element(By.XPATH, "//form//button[@type='submit']").click()
+    _wait_for(browser, "bob@acme.test · ")
+    browser.get(base + link)
+    _click(browser, "Accept invitation")
+    _wait_for(browser, "Welcome to Acme Robotics")
+    # As a viewer, Bob sees the actions disabled.
+    rotate = browser.find_element(By.XPATH, "//button[normalize-space()='Rotate keys']")
+    assert rotate.get_attribute("disabled") is not None
+    _shot(browser, "org-overview-viewer")
+    _sign_out(browser, base)
+
+    # Ann promotes Bob and rotates the keys.
+    browser.get(base + "/accounts/login/")
+    _fill(browser, "login", "ann@acme.test")
+    _fill(browser, "password", "correct-horse-battery-9")
+    browser.find_element(By.XPATH, "//form//button[@type='submit']").click()
+    _wait_for(browser, "ann@acme.test · ")
+    browser.get(base + "/org/settings/members")
+    row = browser.find_element(By.XPATH, "//tr[td[contains(., 'bob@acme.test')]]")
+    row.find_element(By.XPATH, ".//select/option[.='operator']").click()
+    row.find_element(By.XPATH, ".//button[normalize-space()='Change']").click()
+    _wait_for(browser, "bob@acme.test is now operator")
+    browser.get(base + "/org")
+    _click(browser, "Rotate keys")
+    _wait_for(browser, "Your new owner key")
+    new_key = browser.find_element(By.CSS_SELECTOR, "code.key").text
+    assert new_key.startswith("lvq_")
+
+    # The audit log shows what happened.
+    browser.get(base + "/org/audit")
+    page = browser.page_source
+    for event in ("member.invited", "member.role_changed", "keys.rotated", "tenant.created"):
+        assert event in page
+    _shot(browser, "audit-log")
+    browser.get(base + "/docs/multitenancy")
+    _shot(browser, "docs-multitenancy")
