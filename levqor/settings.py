@@ -88,6 +88,8 @@ SHARED_APPS = [
     "django.contrib.humanize",
     "allauth",
     "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "rest_framework",
     "drf_spectacular",
     "guardian",
@@ -161,6 +163,10 @@ ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = os.environ.get("LEVQOR_EMAIL_VERIFICATION", "optional")
 ACCOUNT_UNIQUE_EMAIL = True
 LOGIN_REDIRECT_URL = "/org"
+# Tenants' identity providers come from tenants.sso (never from allauth's tables).
+SOCIALACCOUNT_ADAPTER = "tenants.sso.TenantSSOAdapter"
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False  # an IdP's email claim never takes over an existing account
+SOCIALACCOUNT_STORE_TOKENS = False
 LOGIN_URL = "/accounts/login/"
 EMAIL_BACKEND = os.environ.get("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")

@@ -24,9 +24,19 @@ class TenantsConfig(AppConfig):
 
         from tenants.models import Domain, Tenant, TenantKey
 
+        from allauth.account.signals import user_logged_in
+
+        user_logged_in.connect(_logged_in, dispatch_uid="levqor-sso-membership")
+
         for model in (Tenant, Domain, TenantKey):
             post_save.connect(_tenancy_changed, sender=model, dispatch_uid=f"levqor-hot-{model.__name__}-save")
             post_delete.connect(_tenancy_changed, sender=model, dispatch_uid=f"levqor-hot-{model.__name__}-delete")
+
+
+def _logged_in(request, user, sociallogin=None, **kwargs):
+    from tenants.sso import on_social_login
+
+    on_social_login(request, sociallogin)
 
 
 def _tenancy_changed(**kwargs):

@@ -167,3 +167,30 @@ class Invitation(TenantScopedModel):
 
     class Meta(TenantScopedModel.Meta):
         db_table = "tenant_invitations"
+
+
+class TenantSSO(TenantScopedModel):
+    """A tenant's identity provider (OIDC now; SAML planned). The client secret is stored
+    encrypted. Logins through it create members of this tenant only."""
+
+    class Protocol(models.TextChoices):
+        OIDC = "oidc"
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="sso")
+    protocol = models.CharField(max_length=8, choices=Protocol.choices, default=Protocol.OIDC)
+    issuer = models.URLField(max_length=500)
+    client_id = models.CharField(max_length=255)
+    client_secret_encrypted = models.TextField()
+    default_role = models.CharField(max_length=16, choices=ROLE_CHOICES, default="viewer")
+    group_roles = models.JSONField(default=dict, blank=True)  # {"idp-group": "role"}
+    enabled = models.BooleanField(default=False)
+    enforced = models.BooleanField(default=False)  # members must sign in through the IdP
+    tested_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta(TenantScopedModel.Meta):
+        db_table = "tenant_sso"
+
+    @property
+    def provider_id(self) -> str:
+        return f"tenant-{self.tenant.slug}"

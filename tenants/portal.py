@@ -243,3 +243,59 @@ def accept_invitation(request, token: str):
         messages.success(request, f"Welcome to {invitation.tenant.name}.")
         return redirect("org-home")
     return render(request, "portal/invite.html", {"invitation": invitation})
+
+
+@portal_page("sso:read")
+def sso_settings(request):
+    import json
+
+    from tenants import sso
+    from tenants.models import TenantSSO
+
+    tenant = Tenant.objects.get(pk=request.tenant.id)
+    config = TenantSSO.objects.filter(tenant=tenant).first()
+    if request.method == "POST":
+        op = request.POST.get("op")
+        if op == "save":
+            try:
+                group_roles = json.loads(request.POST.get("group_roles") or "{}")
+            except ValueError:
+                group_roles = None
+            if not isinstance(group_roles, dict):
+                messages.error(request, 'Group mapping must be a JSON object like {"admins": "admin"}.')
+            else:
+                _act(request, "sso:configure", lambda: sso.sso_configure(
+                    tenant=tenant, issuer=request.POST.get("issuer", "").strip(),
+                    client_id=request.POST.get("client_id", "").strip(),
+                    client_secret=request.POST.get("client_secret") or None,
+                    default_role=request.POST.get("default_role", "viewer"), group_roles=group_roles,
+                    actor=request.principal.actor), "SSO settings saved. Test the connection, then enable.")
+        elif op == "test" and config:
+            result = _act(request, "sso:configure", lambda: sso.sso_test(config=config, actor=request.principal.actor), "")
+            if result is not None:
+                (messages.success if result["ok"] else messages.error)(
+                    request, f"Connection OK: {result['issuer']} publishes {result['keys']} signing keys."
+                    if result["ok"] else f"Connection failed: {result['error']}")
+        elif op in ("enable", "disable") and config:
+            _act(request, "sso:configure", lambda: sso.sso_enable(
+                config=config, enabled=op == "enable", enforced=bool(request.POST.get("enforced")),
+                actor=request.principal.actor), f"SSO {op}d.")
+        return redirect("org-sso")
+    login_url = request.build_absolute_uri(f"/org/sso/{tenant.slug}")
+    return render(request, "portal/sso.html", {
+        "config": config, "roles": ROLES, "can_configure": _can(request, "sso:configure"),
+        "rationale": decide(plan=request.tenant.plan, role=request.member.role, action="sso:configure").rationale,
+        "group_roles": json.dumps(config.group_roles) if config else "{}", "login_url": login_url,
+        "callback_url": request.build_absolute_uri(f"/accounts/oidc/tenant-{tenant.slug}/login/callback/"),
+    })
+
+
+def sso_login(request, slug: str):
+    """/org/sso/<slug>: the tenant's sign-in page (posts to allauth's OIDC login)."""
+    from tenants.sso import config_for_provider
+
+    config = config_for_provider(f"tenant-{slug}")
+    if config is None or not config.enabled:
+        return render(request, "portal/sso_login.html", {"unavailable": True}, status=404)
+    return render(request, "portal/sso_login.html", {"tenant": config.tenant,
+                                                     "action": f"/accounts/oidc/tenant-{slug}/login/"})
