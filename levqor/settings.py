@@ -52,6 +52,8 @@ LEVQOR_PLATFORM_HOSTS = env_list("LEVQOR_PLATFORM_HOSTS", "localhost,127.0.0.1,t
 LEVQOR_SIGNUP_RATE = os.environ.get("LEVQOR_SIGNUP_RATE", "10/hour")
 LEVQOR_DELETE_GRACE_DAYS = int(os.environ.get("LEVQOR_DELETE_GRACE_DAYS", "30"))
 LEVQOR_FAULTS = frozenset(env_list("LEVQOR_FAULTS", ""))
+# Seconds a process may serve a tenant or key from memory if it misses a change notice.
+LEVQOR_HOT_CACHE_SECONDS = float(os.environ.get("LEVQOR_HOT_CACHE_SECONDS", "5"))
 LEVQOR_KEY_ROTATION_DAYS = int(os.environ.get("LEVQOR_KEY_ROTATION_DAYS", "90"))
 LEVQOR_MAX_BODY_BYTES = int(os.environ.get("LEVQOR_MAX_BODY_BYTES", str(1024 * 1024)))
 # Outbound destinations tenants configure (SIEM streams) must be public HTTPS; hosts listed
