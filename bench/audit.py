@@ -23,15 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _configure():
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/levqor").rsplit("/", 1)[0]
-    os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", f"{base}/levqor_bench_audit")
-    os.environ.setdefault("DJANGO_DEBUG", "true")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "levqor.settings"
-    os.environ.setdefault("LEVQOR_LOG_LEVEL", "WARNING")
-    os.environ["LEVQOR_OUTBOUND_ALLOW_HOSTS"] = "127.0.0.1"
-
-
 def _write(tenant_ids: list[int], writers: int, per_writer: int) -> dict:
     from django.db import connections
 
@@ -97,42 +88,25 @@ def main() -> int:
     parser.add_argument("--stream-events", type=int, default=5000)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-    _configure()
-    import dj_database_url
-    import psycopg2
+    from bench.database import bench_database, configure
 
-    db = dj_database_url.parse(os.environ["DATABASE_URL"])
-    admin = psycopg2.connect(dbname="postgres", user=db.get("USER") or None, host=db.get("HOST") or None,
-                             port=db.get("PORT") or None, password=db.get("PASSWORD") or None)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{db["NAME"]}"')
-    import django
+    configure("levqor_bench_audit", LEVQOR_OUTBOUND_ALLOW_HOSTS="127.0.0.1")
+    with bench_database(fresh=True, keep=args.keep):
+        from django.core.management import call_command
 
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connections
+        from tenants import services
 
-    from tenants import services
-
-    call_command("migrate", verbosity=0)
-    tenants = []
-    for i in range(100):
-        result = services.tenant_create(name=f"Audit {i}", slug=f"audit-bench-{i}", plan="pro",
-                                        admin_email="a@bench.test", actor="bench")
-        tenants.append(result.tenant.id)
-        print(f"\rtenants {i + 1}/100", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    one = _write(tenants[:1], args.writers, args.per_writer)
-    spread = _write(tenants, args.writers, args.per_writer)
-    stream = _stream(tenants[1], args.stream_events)
-    connections.close_all()
-    if not args.keep:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
-            cursor.execute(f'DROP DATABASE IF EXISTS "{db["NAME"][:40]}_tpl" WITH (FORCE)')
-    admin.close()
+        call_command("migrate", verbosity=0)
+        tenants = []
+        for i in range(100):
+            result = services.tenant_create(name=f"Audit {i}", slug=f"audit-bench-{i}", plan="pro",
+                                            admin_email="a@bench.test", actor="bench")
+            tenants.append(result.tenant.id)
+            print(f"\rtenants {i + 1}/100", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        one = _write(tenants[:1], args.writers, args.per_writer)
+        spread = _write(tenants, args.writers, args.per_writer)
+        stream = _stream(tenants[1], args.stream_events)
     print(json.dumps({
         "bench": "audit", "machine": {"cpus": os.cpu_count()},
         "write_one_tenant": one, "write_100_tenants": spread, "stream_webhook": stream,

@@ -8,7 +8,7 @@ Prints one JSON line:
   pre-built tenant context, no auth, no policy, no counter), in one run, in-process
   (Django test client: no network noise), and the overhead in percent.
 
-Run: make bench-policy   (or scripts/levqor_services.py exec -- .venv/bin/python bench/policy.py)
+Run: .venv/bin/python scripts/levqor_services.py exec -- .venv/bin/python bench/policy.py
 Uses its own database (levqor_bench_policy), created and dropped here.
 """
 from __future__ import annotations
@@ -26,11 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def _configure():
-    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/levqor").rsplit("/", 1)[0]
-    os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", f"{base}/levqor_bench_policy")
-    os.environ.setdefault("DJANGO_DEBUG", "true")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "levqor.settings"
-    os.environ.setdefault("LEVQOR_LOG_LEVEL", "WARNING")
+    from bench.database import configure
+
     # The real policy file, with a rate limit the benchmark's tight loop does not hit (the
     # token bucket still runs on every request: only its refill rate differs).
     import tempfile
@@ -40,7 +37,7 @@ def _configure():
     handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
     json.dump(data, handle)
     handle.close()
-    os.environ["LEVQOR_POLICY_FILE"] = handle.name
+    configure("levqor_bench_policy", LEVQOR_POLICY_FILE=handle.name)
 
 
 def _percentile(values, q):
@@ -144,6 +141,11 @@ def bench_stack(requests: int) -> dict:
     http = bench_http(slug, key, requests)
     services.tenant_delete(tenant=tenant, actor="bench")
     services.tenant_purge(tenant=tenant, actor="bench")
+    return {**_compare(full, plain), "over_http": http}
+
+
+def _compare(full: list[int], plain: list[int]) -> dict:
+    """Latency figures (ns samples in, ms out) of the full stack against the plain view."""
     p50_full, p50_plain = _percentile(full, 0.5) / 1e6, _percentile(plain, 0.5) / 1e6
     return {
         "requests_each": len(full),
@@ -151,7 +153,6 @@ def bench_stack(requests: int) -> dict:
         "plain_drf_p50_ms": round(p50_plain, 3), "plain_drf_p95_ms": round(_percentile(plain, 0.95) / 1e6, 3),
         "added_p50_ms": round(p50_full - p50_plain, 3),
         "overhead_percent_p50": round((p50_full - p50_plain) * 100 / p50_plain, 1),
-        "over_http": http,
     }
 
 
@@ -198,14 +199,7 @@ def bench_http(slug: str, key: str, requests: int) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=10)
-    p50_full, p50_plain = _percentile(full, 0.5) / 1e6, _percentile(plain, 0.5) / 1e6
-    return {
-        "requests_each": len(full),
-        "full_stack_p50_ms": round(p50_full, 3), "full_stack_p95_ms": round(_percentile(full, 0.95) / 1e6, 3),
-        "plain_drf_p50_ms": round(p50_plain, 3), "plain_drf_p95_ms": round(_percentile(plain, 0.95) / 1e6, 3),
-        "added_p50_ms": round(p50_full - p50_plain, 3),
-        "overhead_percent_p50": round((p50_full - p50_plain) * 100 / p50_plain, 1),
-    }
+    return _compare(full, plain)
 
 
 def main() -> int:
@@ -215,31 +209,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the bench database")
     args = parser.parse_args()
     _configure()
-    import psycopg2
+    from bench.database import bench_database
 
-    import dj_database_url
-
-    db = dj_database_url.parse(os.environ["DATABASE_URL"])
-    admin = psycopg2.connect(dbname="postgres", user=db.get("USER") or None, host=db.get("HOST") or None,
-                             port=db.get("PORT") or None, password=db.get("PASSWORD") or None)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]])
-        if not cursor.fetchone():
-            cursor.execute(f'CREATE DATABASE "{db["NAME"]}"')
-    import django
-
-    django.setup()
-    engine = bench_engine(args.decisions)
-    stack = bench_stack(args.requests)
-    from django.db import connections
-
-    connections.close_all()
-    if not args.keep:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{db["NAME"]}" WITH (FORCE)')
-            cursor.execute(f'DROP DATABASE IF EXISTS "{db["NAME"][:40]}_tpl" WITH (FORCE)')
-    admin.close()
+    with bench_database(fresh=False, keep=args.keep):
+        engine = bench_engine(args.decisions)
+        stack = bench_stack(args.requests)
     print(json.dumps({
         "bench": "policy", "machine": {"cpus": os.cpu_count()},
         "engine": engine, "stack": stack,

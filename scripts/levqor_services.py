@@ -22,9 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".levqor"
 
 
-def _answers(host: str, port: int) -> bool:
-    if os.environ.get("LEVQOR_FORCE_EMBEDDED"):  # to try the embedded path on a machine with servers
-        return False
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -32,12 +30,9 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+def _answers(host: str, port: int) -> bool:
+    """A configured server answers there (LEVQOR_FORCE_EMBEDDED pretends none does)."""
+    return not os.environ.get("LEVQOR_FORCE_EMBEDDED") and _port_open(port, host)
 
 
 def _say(message: str) -> None:
