@@ -3,7 +3,7 @@ from django.contrib import admin, messages
 
 from levqor.errors import APIError
 from tenants import services
-from tenants.models import Domain, PlatformKey, Tenant, TenantBilling, TenantKey, TenantUser
+from tenants.models import Domain, PlatformKey, Tenant, TenantBilling, TenantKey, TenantSSO, TenantUser
 
 
 def _staff_actor(request) -> str:
@@ -85,3 +85,14 @@ class PlatformKeyAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # created by `manage.py create_platform_key`, which shows the key once
+
+
+@admin.register(TenantSSO)
+class TenantSSOAdmin(ScopedAdmin):
+    list_display = ("tenant", "protocol", "issuer", "client_id", "enabled", "enforced", "tested_at")
+    fields = ("tenant", "protocol", "issuer", "client_id", "default_role", "group_roles", "enabled", "enforced",
+              "tested_at")  # the client secret is never shown
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False  # configured by the tenant's admins in the portal

@@ -21,6 +21,7 @@ from tenants.models import ROLES, Invitation, Tenant, TenantKey, TenantUser
 from tenants.principals import Principal
 
 SESSION_KEY = "levqor_tenant_id"
+SSO_SESSION_KEY = "levqor_sso_tenants"  # tenants whose IdP this session signed in through
 
 # Buttons whose backend is not built yet say so instead of pretending.
 NOT_YET = {
@@ -49,6 +50,9 @@ def portal_page(action: str):
             if tenant.status != Tenant.Status.ACTIVE:
                 return render(request, "portal/denied.html", {"tenant": tenant, "rationale": f"{tenant.name} is {tenant.status}."},
                               status=403)
+            if _sso_required(request, tenant, member):
+                messages.error(request, f"{tenant.name} requires signing in through its identity provider.")
+                return redirect("org-sso-login", slug=tenant.slug)
             principal = Principal(kind="user", actor=f"user:{request.user.email or request.user.get_username()}",
                                   tenant_id=tenant.id, role=member.role, user_id=request.user.pk,
                                   workflow_scope=member.workflow_scope)
@@ -64,6 +68,17 @@ def portal_page(action: str):
         return wrapper
 
     return decorate
+
+
+def _sso_required(request, tenant, member) -> bool:
+    """Enforced SSO: members (owners excepted, as the break-glass path) must have signed in
+    through the tenant's IdP in this session."""
+    from tenants.models import TenantSSO
+
+    if member.role == "owner":
+        return False
+    enforced = TenantSSO.dangerously_all_tenants.filter(tenant=tenant, enabled=True, enforced=True).exists()
+    return enforced and tenant.id not in request.session.get(SSO_SESSION_KEY, [])
 
 
 def _can(request, action: str) -> bool:
@@ -299,3 +314,57 @@ def sso_login(request, slug: str):
         return render(request, "portal/sso_login.html", {"unavailable": True}, status=404)
     return render(request, "portal/sso_login.html", {"tenant": config.tenant,
                                                      "action": f"/accounts/oidc/tenant-{slug}/login/"})
+
+
+@portal_page("limits:read")
+def limits(request):
+    from policy import quotas
+
+    ctx = request.tenant
+    return render(request, "portal/limits.html", {"ctx": ctx, "usage": _usage_bars(ctx),
+                                                  "limits": sorted(ctx.limits.items()),
+                                                  "period": quotas.usage(ctx.id, ctx.limits)})
+
+
+@portal_page("backups:read")
+def backups(request):
+    return render(request, "portal/backups.html", {"not_yet": NOT_YET["export_backup"]})
+
+
+@portal_page("streams:read")
+def streams(request):
+    from django.utils.dateparse import parse_datetime
+
+    from compliance import streams as stream_services
+    from compliance.models import AuditStream
+
+    if request.method == "POST":
+        op = request.POST.get("op")
+        if op == "create":
+            _act(request, "streams:configure", lambda: stream_services.stream_create(
+                tenant_id=request.tenant.id, name=request.POST.get("name", ""), kind=request.POST.get("kind", ""),
+                url=request.POST.get("url", ""), secret=request.POST.get("secret", ""), actor=request.principal.actor),
+                "Stream added: it sends every event from now on.")
+        else:
+            stream = AuditStream.objects.filter(pk=request.POST.get("stream_id") or 0).first()
+            if stream is None:
+                messages.error(request, "No such stream.")
+            elif op == "replay":
+                since = parse_datetime(request.POST.get("since", "") or "")
+                if since is None:
+                    messages.error(request, "Give the replay start as a date and time (YYYY-MM-DDTHH:MM).")
+                else:
+                    from django.utils import timezone
+
+                    if timezone.is_naive(since):
+                        since = timezone.make_aware(since)
+                    _act(request, "streams:configure", lambda: stream_services.stream_replay(
+                        stream=stream, since=since, actor=request.principal.actor), f"{stream.name} will re-send from {since:%Y-%m-%d %H:%M}.")
+            elif op == "delete":
+                _act(request, "streams:configure", lambda: stream_services.stream_delete(
+                    stream=stream, actor=request.principal.actor), f"{stream.name} removed.")
+        return redirect("org-streams")
+    return render(request, "portal/streams.html", {
+        "streams": AuditStream.objects.order_by("pk"), "kinds": AuditStream.Kind.choices,
+        "can_configure": _can(request, "streams:configure"),
+        "rationale": decide(plan=request.tenant.plan, role=request.member.role, action="streams:configure").rationale})

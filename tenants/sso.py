@@ -94,9 +94,10 @@ def on_social_login(request, sociallogin, **kwargs) -> None:
         audit.record("auth.login", tenant_id=config.tenant_id, actor=f"user:{user.email}", request=request,
                      metadata={"method": "oidc", "sub": sociallogin.account.uid, "role": role, "groups": groups[:20],
                                "new_member": created})
-    from tenants.portal import SESSION_KEY
+    from tenants.portal import SESSION_KEY, SSO_SESSION_KEY
 
     request.session[SESSION_KEY] = config.tenant_id
+    request.session[SSO_SESSION_KEY] = sorted(set(request.session.get(SSO_SESSION_KEY, [])) | {config.tenant_id})
 
 
 def on_login_failed(request, provider_id: str, reason: str) -> None:

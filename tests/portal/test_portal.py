@@ -107,3 +107,43 @@ def test_anonymous_is_sent_to_login_and_docs_render_the_matrix(db):
     assert Client().get("/org").url.startswith("/accounts/login/")
     docs = Client().get("/docs/multitenancy").content.decode()
     assert "<code>sso:configure</code>" in docs and "enterprise" in docs
+
+
+def test_limits_backups_and_streams_pages(make_tenant, settings):
+    from tests.compliance.receivers import Receiver
+
+    settings.LEVQOR_OUTBOUND_ALLOW_HOSTS = ["127.0.0.1"]
+    core, _ = make_tenant(plan="core")
+    _, core_owner = _user("owner@core.test", core, "owner")
+    assert "api calls" in core_owner.get("/org/settings/limits").content.decode()
+    assert "Not available yet" in core_owner.get("/org/settings/backups").content.decode()
+    assert "Plan core lacks feature audit_stream" in core_owner.get("/org/settings/streams").content.decode()
+
+    ent, _ = make_tenant(plan="enterprise")
+    _, owner = _user("owner@ent.test", ent, "owner")
+    receiver = Receiver()
+    try:
+        added = owner.post("/org/settings/streams", {"op": "create", "name": "Splunk prod", "kind": "splunk_hec",
+                                                     "url": receiver.url, "secret": "hec-token-123"}, follow=True)
+        page = added.content.decode()
+        assert "Stream added" in page and "Splunk prod" in page and ">active<" in page
+        assert "hec-token-123" not in page
+    finally:
+        receiver.close()
+
+
+def test_enforced_sso_sends_password_sessions_to_the_idp_but_not_owners(make_tenant):
+    from tenants import secrets
+    from tenants.models import TenantSSO
+
+    tenant, _ = make_tenant(plan="pro")
+    TenantSSO(tenant=tenant, issuer="https://idp.example.com", client_id="c", enabled=True, enforced=True,
+              client_secret_encrypted=secrets.encrypt("s")).save()
+    _, owner = _user("owner@acme.test", tenant, "owner")
+    _, operator = _user("op@acme.test", tenant, "operator")
+    assert owner.get("/org").status_code == 200  # break-glass: owners may still use a password
+    assert operator.get("/org")["Location"] == f"/org/sso/{tenant.slug}"
+    session = operator.session
+    session["levqor_sso_tenants"] = [tenant.id]  # as the OIDC login records it
+    session.save()
+    assert operator.get("/org").status_code == 200

@@ -88,6 +88,7 @@ def test_oidc_login_lands_in_the_right_tenant_with_the_mapped_role(make_tenant, 
     assert a.name in alice.get("/org").content.decode()
     login = AuditEvent.dangerously_all_tenants.filter(tenant_id=a.id, event="auth.login").get()
     assert login.metadata_json["groups"] == ["eng-admins"]
+    assert alice.session["levqor_sso_tenants"] == [a.id]  # satisfies enforced SSO for A only
 
     carol = Client()
     _idp_login(carol, a.slug, "carol")
