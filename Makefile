@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export DJANGO_DEBUG ?= true
 
-.PHONY: run test bench install browser
+.PHONY: run test bench install system-deps
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,15 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) scripts/levqor_services.py run
 
-## Debian's Chromium and ChromeDriver for the browser tests (installed when missing and root).
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
-	    else echo "browser tests need: sudo apt-get install chromium chromium-driver" >&2; fi; }
+## Debian packages the tests use: Chromium and ChromeDriver (browser tests) and xmlsec1
+## (the SAML identity provider's signatures). Installed when missing and we are root.
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v xmlsec1 >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver xmlsec1 >/dev/null; \
+	    else echo "the tests need: sudo apt-get install chromium chromium-driver xmlsec1" >&2; fi; }
 
 ## Run the whole test suite against real PostgreSQL and Redis.
-test: $(VENV)/.installed browser
+test: $(VENV)/.installed system-deps
 	$(PY) scripts/levqor_services.py exec -- $(VENV)/bin/pytest -n 2 -q -p no:randomly $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed

@@ -170,17 +170,19 @@ class Invitation(TenantScopedModel):
 
 
 class TenantSSO(TenantScopedModel):
-    """A tenant's identity provider (OIDC now; SAML planned). The client secret is stored
+    """A tenant's identity provider (OIDC or SAML 2.0). The OIDC client secret is stored
     encrypted. Logins through it create members of this tenant only."""
 
     class Protocol(models.TextChoices):
         OIDC = "oidc"
+        SAML = "saml"
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="sso")
     protocol = models.CharField(max_length=8, choices=Protocol.choices, default=Protocol.OIDC)
-    issuer = models.URLField(max_length=500)
-    client_id = models.CharField(max_length=255)
-    client_secret_encrypted = models.TextField()
+    issuer = models.URLField(max_length=500, blank=True)  # OIDC issuer, or the SAML IdP's entity id
+    client_id = models.CharField(max_length=255, blank=True)  # OIDC
+    client_secret_encrypted = models.TextField(blank=True)  # OIDC
+    idp_metadata_xml = models.TextField(blank=True)  # SAML: the IdP's metadata as uploaded
     default_role = models.CharField(max_length=16, choices=ROLE_CHOICES, default="viewer")
     group_roles = models.JSONField(default=dict, blank=True)  # {"idp-group": "role"}
     enabled = models.BooleanField(default=False)

@@ -280,9 +280,12 @@ def sso_settings(request):
                 messages.error(request, 'Group mapping must be a JSON object like {"admins": "admin"}.')
             else:
                 _act(request, "sso:configure", lambda: sso.sso_configure(
-                    tenant=tenant, issuer=request.POST.get("issuer", "").strip(),
+                    tenant=tenant, protocol=request.POST.get("protocol", "oidc"),
+                    issuer=request.POST.get("issuer", "").strip(),
                     client_id=request.POST.get("client_id", "").strip(),
                     client_secret=request.POST.get("client_secret") or None,
+                    idp_metadata_xml=(request.FILES["metadata"].read().decode("utf-8", "replace")
+                                      if "metadata" in request.FILES else request.POST.get("idp_metadata_xml", "")),
                     default_role=request.POST.get("default_role", "viewer"), group_roles=group_roles,
                     actor=request.principal.actor), "SSO settings saved. Test the connection, then enable.")
         elif op == "test" and config:
@@ -297,11 +300,14 @@ def sso_settings(request):
                 actor=request.principal.actor), f"SSO {op}d.")
         return redirect("org-sso")
     login_url = request.build_absolute_uri(f"/org/sso/{tenant.slug}")
+    saml_urls = {"acs": request.build_absolute_uri(f"/accounts/saml/{tenant.slug}/acs/"),
+                 "metadata": request.build_absolute_uri(f"/accounts/saml/{tenant.slug}/metadata/")}
     return render(request, "portal/sso.html", {
         "config": config, "roles": ROLES, "can_configure": _can(request, "sso:configure"),
         "rationale": decide(plan=request.tenant.plan, role=request.member.role, action="sso:configure").rationale,
         "group_roles": json.dumps(config.group_roles) if config else "{}", "login_url": login_url,
         "callback_url": request.build_absolute_uri(f"/accounts/oidc/tenant-{tenant.slug}/login/callback/"),
+        "saml_urls": saml_urls,
     })
 
 
@@ -312,8 +318,8 @@ def sso_login(request, slug: str):
     config = config_for_provider(f"tenant-{slug}")
     if config is None or not config.enabled:
         return render(request, "portal/sso_login.html", {"unavailable": True}, status=404)
-    return render(request, "portal/sso_login.html", {"tenant": config.tenant,
-                                                     "action": f"/accounts/oidc/tenant-{slug}/login/"})
+    action = (f"/accounts/saml/{slug}/login/" if config.protocol == "saml" else f"/accounts/oidc/tenant-{slug}/login/")
+    return render(request, "portal/sso_login.html", {"tenant": config.tenant, "action": action})
 
 
 @portal_page("limits:read")
