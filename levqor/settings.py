@@ -93,6 +93,7 @@ SHARED_APPS = [
     "allauth.socialaccount",
     "allauth.socialaccount.providers.openid_connect",
     "allauth.socialaccount.providers.saml",
+    "allauth.mfa",
     "rest_framework",
     "drf_spectacular",
     "guardian",
@@ -163,7 +164,11 @@ AUTHENTICATION_BACKENDS = [
 # Sign-up and login (django-allauth): by email; verification mails go through EMAIL_*.
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
-ACCOUNT_EMAIL_VERIFICATION = os.environ.get("LEVQOR_EMAIL_VERIFICATION", "optional")
+# Outside development, a new account must verify its email address before it can sign in.
+ACCOUNT_EMAIL_VERIFICATION = os.environ.get("LEVQOR_EMAIL_VERIFICATION", "optional" if DEBUG else "mandatory")
+# Second factor for password logins: TOTP apps, with recovery codes (allauth.mfa).
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = "Levqor"
 ACCOUNT_UNIQUE_EMAIL = True
 LOGIN_REDIRECT_URL = "/org"
 # Tenants' identity providers come from tenants.sso (never from allauth's tables).

@@ -153,3 +153,35 @@ def test_signup_invite_accept_change_role_rotate_and_audit(live_server, browser,
     _shot(browser, "audit-log")
     browser.get(base + "/docs/multitenancy")
     _shot(browser, "docs-multitenancy")
+
+
+def test_sso_login_in_the_browser_lands_in_the_tenant(live_server, browser, settings, make_tenant):
+    from oidc_provider_mock import run_server_in_thread
+    from selenium.webdriver.common.by import By
+
+    from tenants import sso
+    from tenants.models import TenantSSO, TenantUser
+
+    settings.LEVQOR_OUTBOUND_ALLOW_HOSTS = ["127.0.0.1"]
+    tenant, _ = make_tenant(plan="pro", slug="globex")
+    with run_server_in_thread() as idp:
+        issuer = f"http://127.0.0.1:{idp.server_port}"
+        import requests
+
+        requests.put(f"{issuer}/users/erin", json={"email": "erin@globex.test", "email_verified": True,
+                                                  "groups": ["ops"]}, timeout=5)
+        config = sso.sso_configure(tenant=tenant, issuer=issuer, client_id="levqor-globex", client_secret="cs-123",
+                                   default_role="viewer", group_roles={"ops": "operator"}, actor="test")
+        assert sso.sso_test(config=config, actor="test")["ok"]
+        sso.sso_enable(config=TenantSSO.dangerously_all_tenants.get(pk=config.pk), enabled=True, enforced=True,
+                       actor="test")
+        browser.get(live_server.url + "/org/sso/globex")
+        _shot(browser, "sso-login")
+        _click(browser, "Continue with single sign-on")
+        _wait_for(browser, "Authorize")
+        browser.find_element(By.NAME, "sub").send_keys("erin")
+        browser.find_element(By.XPATH, "//button[normalize-space()='Authorize']").click()
+        _wait_for(browser, "erin@globex.test · ")
+        browser.get(live_server.url + "/org")
+        _wait_for(browser, "you are <strong>operator</strong>")
+    assert TenantUser.dangerously_all_tenants.get(tenant=tenant, user__email="erin@globex.test").sso_id == "erin"

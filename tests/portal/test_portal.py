@@ -147,3 +147,21 @@ def test_enforced_sso_sends_password_sessions_to_the_idp_but_not_owners(make_ten
     session["levqor_sso_tenants"] = [tenant.id]  # as the OIDC login records it
     session.save()
     assert operator.get("/org").status_code == 200
+
+
+def test_password_login_asks_for_the_second_factor_when_totp_is_on(make_tenant):
+    from allauth.mfa.totp.internal.auth import TOTP, format_hotp_value, generate_totp_secret, hotp_value, \
+        yield_hotp_counters_from_time
+
+    tenant, _ = make_tenant()
+    user, _ = _user("mfa@acme.test", tenant, "admin")
+    secret = generate_totp_secret()
+    TOTP.activate(user, secret)
+    browser = Client()
+    step = browser.post("/accounts/login/", {"login": "mfa@acme.test", "password": "a-long-pass-123"})
+    assert step.status_code == 302 and "/2fa/authenticate" in step["Location"]
+    assert browser.get("/org").status_code == 302  # not signed in yet
+    assert browser.post(step["Location"], {"code": "000000"}).status_code == 200  # wrong code: asked again
+    code = format_hotp_value(hotp_value(secret, next(yield_hotp_counters_from_time())))
+    done = browser.post(step["Location"], {"code": code})
+    assert done.status_code == 302 and browser.get("/org").status_code == 200
