@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
@@ -62,6 +63,7 @@ urlpatterns = [
     path("org/invite/<str:token>", portal.accept_invitation, name="org-invite"),
     path("accounts/", include("allauth.urls")),
     path("docs/multitenancy", tenant_views.multitenancy_docs, name="docs-multitenancy"),
+    path("insights/benchmarks", TemplateView.as_view(template_name="insights/benchmarks.html"), name="benchmarks"),
     path("evidence/<str:token>", compliance_api.evidence_download, name="evidence-download"),
     path("", tenant_views.landing, name="landing"),
 ]

@@ -48,7 +48,8 @@ class TenantContextMiddleware:
         self.platform_hosts = frozenset(settings.LEVQOR_PLATFORM_HOSTS)
 
     def __call__(self, request):
-        request.tenant = None
+        # Platform routes carry no `request.tenant` at all (django-tenants' admin templates
+        # read its absence as "public").
         if not settings.TENANCY_ENABLED or not request.path_info.startswith(self.prefixes):
             return self.get_response(request)
 
