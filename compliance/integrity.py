@@ -120,7 +120,25 @@ def check_backups(tenant):
 
 
 def check_sso(tenant):
-    return "skipped", "per-tenant SSO is not built yet (portal and SSO issue); nothing to verify"
+    """SSO and MFA settings against the plan: SSO only on plans with the feature; where
+    SSO is not enforced, how many password members have a second factor."""
+    from allauth.mfa.models import Authenticator
+
+    from policy.plans import plan_has
+    from tenants.models import TenantSSO, TenantUser
+
+    config = TenantSSO.dangerously_all_tenants.filter(tenant=tenant).first()
+    if config and config.enabled and not plan_has(tenant.plan, "sso"):
+        return "fail", f"SSO is enabled but plan {tenant.plan} lacks the sso feature"
+    members = TenantUser.dangerously_all_tenants.filter(tenant=tenant, sso_id="")
+    with_mfa = members.filter(user__in=Authenticator.objects.filter(type=Authenticator.Type.TOTP).values("user")).count()
+    total = members.count()
+    sso_state = ("SSO enforced" if config and config.enforced else "SSO enabled" if config and config.enabled
+                 else "no SSO")
+    detail = f"{sso_state}; {with_mfa} of {total} password members use a second factor"
+    if plan_has(tenant.plan, "sso") and not (config and config.enforced) and total and with_mfa < total:
+        return "warn", detail
+    return "pass", detail
 
 
 CHECKS = {

@@ -30,7 +30,7 @@ def test_a_healthy_tenant_passes_with_unbuilt_checks_marked_skipped(make_tenant,
     assert response.json()["status"] == "pass"
     statuses = {r["check"]: r["status"] for r in response.json()["results"]}
     assert statuses == {"audit_chain": "pass", "isolation": "pass", "migrations": "pass", "policy_file": "pass",
-                        "key_rotation": "pass", "open_alerts": "pass", "backups": "skipped", "sso_mfa": "skipped"}
+                        "key_rotation": "pass", "open_alerts": "pass", "backups": "skipped", "sso_mfa": "pass"}
     assert AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant.id, event="integrity.checked").exists()
 
 
@@ -121,3 +121,24 @@ def test_the_evidence_pdf_holds_the_period_denies_and_the_chain_head(make_tenant
     with freeze_time(timezone.now() + timedelta(minutes=11)):
         assert client_for().get(ready["download_url"].split("testserver", 1)[1]).status_code == 404
     assert client_for(viewer_key, tenant).post("/api/org/evidence", {"since": since}, format="json").status_code == 401  # rotated away
+
+
+def test_sso_and_mfa_are_checked_against_the_plan(make_tenant):
+    from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+    from django.contrib.auth import get_user_model
+
+    from tenants import secrets
+    from tenants.models import TenantSSO, TenantUser
+
+    pro, _ = make_tenant(plan="pro")
+    user = get_user_model().objects.create_user(username="pw@x.test", email="pw@x.test", password="a-long-pass-123")
+    TenantUser(tenant=pro, user=user, role="admin").save(force_insert=True)
+    run = integrity_run(tenant=pro, actor="test")
+    assert _statuses(run)["sso_mfa"] == "warn"
+    assert "0 of 1 password members use a second factor" in {r["check"]: r["detail"] for r in run.results}["sso_mfa"]
+    TOTP.activate(user, generate_totp_secret())
+    assert _statuses(integrity_run(tenant=pro, actor="test"))["sso_mfa"] == "pass"
+    core, _ = make_tenant(plan="core")
+    TenantSSO(tenant=core, issuer="https://idp.example.com", client_id="c", enabled=True,
+              client_secret_encrypted=secrets.encrypt("s")).save()  # e.g. left over from a downgrade
+    assert _statuses(integrity_run(tenant=core, actor="test"))["sso_mfa"] == "fail"
