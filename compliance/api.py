@@ -1,6 +1,8 @@
 """/api/org/streams: the tenant's SIEM streams (enterprise feature `audit_stream`)."""
 from django.utils.dateparse import parse_datetime
-from rest_framework import status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.response import Response
 
 from compliance import streams
@@ -23,12 +25,19 @@ def _body(request) -> dict:
     return request.data
 
 
+STREAM_CREATE = inline_serializer("StreamCreate", {
+    "name": serializers.CharField(), "kind": serializers.ChoiceField(choices=AuditStream.Kind.values),
+    "url": serializers.URLField(), "secret": serializers.CharField()})
+
+
 class OrgStreams(TenantAPIView):
     policy_actions = {"GET": "streams:read", "POST": "streams:configure"}
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         return Response({"results": [_stream_json(s) for s in AuditStream.objects.order_by("pk")]})
 
+    @extend_schema(request=STREAM_CREATE, responses={201: OpenApiTypes.OBJECT})
     def post(self, request):
         body = _body(request)
         stream = streams.stream_create(tenant_id=current_tenant().id, name=body.get("name"), kind=body.get("kind"),
@@ -45,9 +54,11 @@ class OrgStreamDetail(TenantAPIView):
             raise APIError("not_found", "No such stream.", status_code=404)
         return stream
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, stream_id):
         return Response(_stream_json(self._stream(stream_id)))
 
+    @extend_schema(responses={204: None})
     def delete(self, request, stream_id):
         streams.stream_delete(stream=self._stream(stream_id), actor=request.principal.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -56,6 +67,8 @@ class OrgStreamDetail(TenantAPIView):
 class OrgStreamReplay(OrgStreamDetail):
     policy_actions = {"POST": "streams:configure"}
 
+    @extend_schema(request=inline_serializer("StreamReplay", {"since": serializers.DateTimeField()}),
+                   responses=OpenApiTypes.OBJECT)
     def post(self, request, stream_id):
         raw = _body(request).get("since")
         since = parse_datetime(raw) if isinstance(raw, str) else None
@@ -70,6 +83,7 @@ class OrgIntegrity(TenantAPIView):
 
     policy_actions = {"GET": "evidence:read", "POST": "integrity:run"}
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         from compliance.models import IntegrityRun
 
@@ -77,6 +91,7 @@ class OrgIntegrity(TenantAPIView):
         return Response({"results": [{"id": r.pk, "status": r.status, "results": r.results, "actor": r.actor,
                                       "created_at": r.created_at} for r in runs]})
 
+    @extend_schema(request=None, responses={201: OpenApiTypes.OBJECT})
     def post(self, request):
         from compliance.integrity import integrity_run
         from tenants.models import Tenant
@@ -100,11 +115,15 @@ def _report_json(request, report) -> dict:
 class OrgEvidence(TenantAPIView):
     policy_actions = {"GET": "evidence:read", "POST": "evidence:generate"}
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         from compliance.models import EvidenceReport
 
         return Response({"results": [_report_json(request, r) for r in EvidenceReport.objects.all()[:20]]})
 
+    @extend_schema(request=inline_serializer("EvidenceRequest", {"since": serializers.DateTimeField(),
+                                                                 "until": serializers.DateTimeField(required=False)}),
+                   responses={202: OpenApiTypes.OBJECT})
     def post(self, request):
         from django.utils import timezone
 
@@ -124,6 +143,7 @@ class OrgEvidence(TenantAPIView):
 class OrgEvidenceDetail(TenantAPIView):
     policy_actions = {"GET": "evidence:read"}
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, report_id):
         from compliance.models import EvidenceReport
 

@@ -5,7 +5,9 @@ from django.conf import settings
 from django.core import signing
 from django.db.models import Prefetch
 from django.utils.dateparse import parse_datetime
-from rest_framework import permissions, status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import permissions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -40,6 +42,7 @@ class TenantCollection(APIView):
 
     permission_classes = [permissions.AllowAny]
 
+    @extend_schema(request=SignupSerializer, responses={201: OpenApiTypes.OBJECT})
     def post(self, request):
         principal = principal_for(request)
         if not _is_staff(principal):
@@ -95,11 +98,13 @@ class TenantPlatformView(APIView):
 
 
 class TenantDetail(TenantPlatformView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request, tenant_id):
         return Response(TenantSerializer(self.tenant_for(request, tenant_id, action="tenant:read")).data)
 
 
 class TenantSuspend(TenantPlatformView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request, tenant_id):
         tenant = services.tenant_suspend(tenant=self.tenant_for(request, tenant_id, staff_only=True),
                                          actor=principal_for(request).actor, reason=str(request.data.get("reason", ""))[:500]
@@ -108,6 +113,7 @@ class TenantSuspend(TenantPlatformView):
 
 
 class TenantResume(TenantPlatformView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request, tenant_id):
         tenant = services.tenant_resume(tenant=self.tenant_for(request, tenant_id, staff_only=True),
                                         actor=principal_for(request).actor)
@@ -115,6 +121,7 @@ class TenantResume(TenantPlatformView):
 
 
 class TenantDelete(TenantPlatformView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request, tenant_id):
         tenant = self.tenant_for(request, tenant_id, action="tenant:delete")
         tenant = services.tenant_delete(tenant=tenant, actor=principal_for(request).actor)
@@ -123,6 +130,7 @@ class TenantDelete(TenantPlatformView):
 
 
 class TenantRotateKeys(TenantPlatformView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request, tenant_id):
         tenant = self.tenant_for(request, tenant_id, action="keys:rotate")
         key, plaintext = services.keys_rotate(tenant=tenant, actor=principal_for(request).actor)
@@ -135,6 +143,7 @@ class TenantRotateKeys(TenantPlatformView):
 class OrgDetail(TenantAPIView):
     policy_actions = {"GET": "tenant:read"}
 
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request):
         ctx = current_tenant()
         tenant = _tenant_or_404(ctx.id)
@@ -146,10 +155,12 @@ class OrgDetail(TenantAPIView):
 class OrgKeys(TenantAPIView):
     policy_actions = {"GET": "keys:read", "POST": "keys:create"}
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         keys = TenantKey.objects.filter(revoked_at__isnull=True).order_by("-created_at")
         return Response({"results": KeySerializer(keys, many=True).data})
 
+    @extend_schema(request=KeyCreateSerializer, responses={201: OpenApiTypes.OBJECT})
     def post(self, request):
         body = KeyCreateSerializer(data=request.data if isinstance(request.data, dict) else {})
         body.is_valid(raise_exception=True)
@@ -162,6 +173,7 @@ class OrgKeys(TenantAPIView):
 class OrgKeyDetail(TenantAPIView):
     policy_actions = {"DELETE": "keys:revoke"}
 
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def delete(self, request, key_id):
         key = TenantKey.objects.filter(pk=key_id).first()
         if key is None:
@@ -173,6 +185,7 @@ class OrgKeyDetail(TenantAPIView):
 class OrgMembers(TenantAPIView):
     policy_actions = {"GET": "members:read"}
 
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request):
         members = TenantUser.objects.select_related("user").order_by("created_at")
         return Response({"results": [
@@ -209,6 +222,7 @@ def _audit_row(e) -> dict:
 class OrgAudit(TenantAPIView):
     policy_actions = {"GET": "audit:read"}
 
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request):
         page = self.paginate_queryset(_audit_events(request))
         return self.get_paginated_response([_audit_row(e) for e in page])
@@ -219,6 +233,7 @@ class OrgAuditExport(TenantAPIView):
 
     policy_actions = {"GET": "audit:export"}
 
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request):
         import csv
         import io
@@ -262,6 +277,7 @@ class OrgAuditExport(TenantAPIView):
 class OrgUsage(TenantAPIView):
     policy_actions = {"GET": "usage:read"}
 
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request):
         from policy import quotas
 
@@ -272,6 +288,7 @@ class OrgUsage(TenantAPIView):
 class OrgPolicySimulate(TenantAPIView):
     policy_actions = {"GET": "policy:simulate"}
 
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request):
         from policy.engine import ROLES
         from policy.plans import is_plan
@@ -293,6 +310,8 @@ class OrgPolicySimulate(TenantAPIView):
 class TenantPlan(TenantPlatformView):
     """POST /api/tenants/{id}/plan {plan}: staff change a tenant's plan (billing webhooks call the same service)."""
 
+    @extend_schema(request=inline_serializer("PlanChange", {"plan": serializers.CharField()}),
+                   responses=OpenApiTypes.OBJECT)
     def post(self, request, tenant_id):
         tenant = self.tenant_for(request, tenant_id, staff_only=True)
         plan = request.data.get("plan") if isinstance(request.data, dict) else None
