@@ -1,5 +1,4 @@
 """/api/org/streams: the tenant's SIEM streams (enterprise feature `audit_stream`)."""
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -8,6 +7,7 @@ from rest_framework.response import Response
 from compliance import streams
 from compliance.models import AuditStream
 from levqor.errors import APIError
+from levqor.timeparse import parse_when
 from tenants.api_base import TenantAPIView
 from tenants.context import current_tenant
 
@@ -71,7 +71,7 @@ class OrgStreamReplay(OrgStreamDetail):
                    responses=OpenApiTypes.OBJECT)
     def post(self, request, stream_id):
         raw = _body(request).get("since")
-        since = parse_datetime(raw) if isinstance(raw, str) else None
+        since = parse_when(raw)
         if since is None:
             raise APIError("invalid_input", "since must be an ISO 8601 date-time", details={"field": "since"})
         stream = streams.stream_replay(stream=self._stream(stream_id), since=since, actor=request.principal.actor)
@@ -131,8 +131,8 @@ class OrgEvidence(TenantAPIView):
         from tenants.models import Tenant
 
         body = _body(request)
-        since = parse_datetime(body["since"]) if isinstance(body.get("since"), str) else None
-        until = parse_datetime(body["until"]) if isinstance(body.get("until"), str) else timezone.now()
+        since = parse_when(body.get("since"))
+        until = parse_when(body["until"]) if body.get("until") is not None else timezone.now()
         if since is None or until is None or since >= until:
             raise APIError("invalid_input", "since (and optional until) must be ISO 8601 date-times, since < until")
         report = evidence.evidence_request(tenant=Tenant.objects.get(pk=current_tenant().id), since=since, until=until,

@@ -4,7 +4,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.core import signing
 from django.db.models import Prefetch
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import permissions, serializers, status
@@ -15,6 +14,7 @@ from compliance.models import AuditEvent
 from levqor import ratelimit
 from levqor.clientip import client_ip
 from levqor.errors import APIError
+from levqor.timeparse import parse_when
 from policy.enforce import authorize
 from tenants import selectors, services
 from tenants.api_base import TenantAPIView
@@ -204,10 +204,7 @@ def _audit_events(request):
     for param, lookup in (("since", "ts__gte"), ("until", "ts__lt")):
         raw = request.query_params.get(param)
         if raw:
-            try:
-                when = parse_datetime(raw)
-            except ValueError:
-                when = None
+            when = parse_when(raw)
             if when is None:
                 raise APIError("invalid_input", f"{param} must be an ISO 8601 date-time", details={"param": param})
             events = events.filter(**{lookup: when})

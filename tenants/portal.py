@@ -339,9 +339,8 @@ def backups(request):
 
 @portal_page("streams:read")
 def streams(request):
-    from django.utils.dateparse import parse_datetime
-
     from compliance import streams as stream_services
+    from levqor.timeparse import parse_when
     from compliance.models import AuditStream
 
     if request.method == "POST":
@@ -356,14 +355,10 @@ def streams(request):
             if stream is None:
                 messages.error(request, "No such stream.")
             elif op == "replay":
-                since = parse_datetime(request.POST.get("since", "") or "")
+                since = parse_when(request.POST.get("since", ""))
                 if since is None:
                     messages.error(request, "Give the replay start as a date and time (YYYY-MM-DDTHH:MM).")
                 else:
-                    from django.utils import timezone
-
-                    if timezone.is_naive(since):
-                        since = timezone.make_aware(since)
                     _act(request, "streams:configure", lambda: stream_services.stream_replay(
                         stream=stream, since=since, actor=request.principal.actor), f"{stream.name} will re-send from {since:%Y-%m-%d %H:%M}.")
             elif op == "delete":

@@ -228,3 +228,14 @@ def test_purge_after_grace_drops_the_schema(make_tenant, settings):
         cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [tenant.schema_name])
         assert cursor.fetchone() is None
     assert not TenantKey.dangerously_all_tenants.filter(tenant=tenant, revoked_at__isnull=True).exists()
+
+
+@pytest.mark.django_db
+def test_audit_time_filters_accept_iso_and_refuse_impossible_times(make_tenant):
+    tenant, key = make_tenant()
+    client = client_for(key, tenant)
+    assert client.get("/api/org/audit?since=2000-01-01T00:00:00Z").json()["count"] == 2
+    assert client.get("/api/org/audit?until=2000-01-01T00:00").json()["count"] == 0
+    for bad in ("2026-11-26T10:61", "yesterday", "2026-13-01T00:00"):
+        response = client.get(f"/api/org/audit?since={bad}")
+        assert response.status_code == 400 and response.json()["error"]["details"] == {"param": "since"}
