@@ -1,4 +1,4 @@
-from datetime import datetime
+from datetime import datetime, timezone as dt_timezone
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -14,5 +14,5 @@ def parse_when(value) -> datetime | None:
     except ValueError:
         return None
     if when is not None and timezone.is_naive(when):
-        when = timezone.make_aware(when, timezone.utc)
+        when = timezone.make_aware(when, dt_timezone.utc)
     return when
