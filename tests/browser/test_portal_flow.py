@@ -126,6 +126,13 @@ def test_signup_invite_accept_change_role_rotate_and_audit(live_server, browser,
     rotate = browser.find_element(By.XPATH, "//button[normalize-space()='Rotate keys']")
     assert rotate.get_attribute("disabled") is not None
     _shot(browser, "org-overview-viewer")
+    # ...and a hand-made POST of the action is denied, with the engine's rationale.
+    denied = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const token = document.querySelector("input[name=csrfmiddlewaretoken]").value;
+        fetch("/org/actions/rotate-keys", {method: "POST", headers: {"X-CSRFToken": token}, credentials: "same-origin"})
+          .then(r => r.text()).then(done);""")
+    assert "role viewer lacks keys:rotate" in denied
     _sign_out(browser, base)
 
     # Ann promotes Bob and rotates the keys.
