@@ -32,17 +32,76 @@ def tenant_app_labels() -> list[str]:
     return [apps.get_app_config(name.rsplit(".", 1)[-1]).label for name in settings.TENANT_APPS]
 
 
-def migrate_tenant_apps(conn, *, verbosity: int = 0) -> int:
-    """Apply the tenant apps' pending migrations on `conn` (schema already selected)."""
+# Operations whose whole effect is the SQL they run: safe to replay as captured.
+REPLAYABLE_OPERATIONS = {
+    "CreateModel", "DeleteModel", "AddField", "RemoveField", "AlterField", "RenameField", "RenameModel",
+    "AddIndex", "RemoveIndex", "RenameIndex", "AddConstraint", "RemoveConstraint", "AlterUniqueTogether",
+    "AlterIndexTogether", "AlterModelTable", "AlterModelOptions", "AlterModelManagers", "AlterOrderWithRespectTo",
+    "RunSQL",
+}
+
+
+def migrate_tenant_apps(conn, *, verbosity: int = 0, capture: bool = False) -> int:
+    """Apply the tenant apps' pending migrations on `conn` (schema already selected).
+
+    With `capture`, the SQL each migration runs is stored (TenantMigrationScript) so that
+    `tenants.fleet` can replay it on every tenant without loading the migration graph.
+    """
     executor = MigrationExecutor(conn)
     labels = set(tenant_app_labels())
     targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] in labels]
     plan = executor.migration_plan(targets)
-    if plan:
-        if verbosity:
-            logger.info("applying %d tenant migrations on %s", len(plan), _where(conn))
+    if not plan:
+        return 0
+    if verbosity:
+        logger.info("applying %d tenant migrations on %s", len(plan), _where(conn))
+    if not capture:
         executor.migrate(targets, plan=plan)
+        return len(plan)
+    captured: dict[tuple[str, str], list] = {}
+    current: list = [None]
+
+    def progress(action, migration=None, fake=False):
+        if action == "apply_start":
+            current[0] = (migration.app_label, migration.name)
+            captured[current[0]] = []
+        elif action == "apply_success":
+            current[0] = None
+
+    def record(execute, sql, params, many, context):
+        text = sql.strip()
+        lowered = text[:40].lower()
+        if current[0] and not many and not lowered.startswith(("select", "set search_path")) \
+                and "django_migrations" not in text:
+            captured[current[0]].append([text, list(params) if params else None])
+        return execute(sql, params, many, context)
+
+    executor.progress_callback = progress
+    with conn.execute_wrapper(record):
+        executor.migrate(targets, plan=plan)
+    from tenants.models import TenantMigrationScript
+
+    for migration, _backwards in plan:
+        key = (migration.app_label, migration.name)
+        replayable = all(type(op).__name__ in REPLAYABLE_OPERATIONS for op in migration.operations)
+        TenantMigrationScript.objects.update_or_create(
+            app=key[0], name=key[1], defaults={"statements": captured.get(key, []), "replayable": replayable})
     return len(plan)
+
+
+def ordered_expected_migrations() -> list[tuple[str, str]]:
+    """The tenant apps' migrations in the order they must run."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    labels = set(tenant_app_labels())
+    ordered: list[tuple[str, str]] = []
+    for label in sorted(labels):
+        for leaf in loader.graph.leaf_nodes(label):
+            for node in loader.graph.forwards_plan(leaf):
+                if node[0] in labels and node not in ordered:
+                    ordered.append(node)
+    return ordered
 
 
 def expected_migrations() -> set[tuple[str, str]]:
@@ -76,7 +135,7 @@ def migrate_template_schema(*, verbosity: int = 0) -> int:
     previous = connection.schema_name
     connection.set_schema(template)
     try:
-        return migrate_tenant_apps(connection, verbosity=verbosity)
+        return migrate_tenant_apps(connection, verbosity=verbosity, capture=True)
     finally:
         connection.set_schema(previous) if previous != settings.PUBLIC_SCHEMA_NAME else connection.set_schema_to_public()
 

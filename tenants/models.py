@@ -196,3 +196,32 @@ class TenantSSO(TenantScopedModel):
     @property
     def provider_id(self) -> str:
         return f"tenant-{self.tenant.slug}"
+
+
+class TenantMigrationScript(models.Model):
+    """The SQL one tenant-app migration ran on the template schema, kept so the fleet can
+    replay it per tenant instead of loading Django's migration graph for each."""
+
+    app = models.CharField(max_length=100)
+    name = models.CharField(max_length=255)
+    statements = models.JSONField(default=list)  # [[sql, params], ...]
+    replayable = models.BooleanField(default=False)  # schema operations only, no RunPython
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "tenant_migration_scripts"
+        constraints = [models.UniqueConstraint(fields=["app", "name"], name="migration_script_once")]
+
+
+class FleetMigrationStatus(models.Model):
+    """Per-tenant result of the last fleet migration (`manage.py fleet_status`)."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="migration_status")
+    status = models.CharField(max_length=16)  # up_to_date | replayed | migrated | failed
+    applied = models.JSONField(default=list)
+    error = models.TextField(blank=True)
+    seconds = models.FloatField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "tenant_fleet_migration_status"

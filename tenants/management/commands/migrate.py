@@ -7,6 +7,7 @@
    it is not.
 """
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.core.management.commands.migrate import Command as DjangoMigrate
 from django.db import connection
 
@@ -19,6 +20,8 @@ class Command(DjangoMigrate):
     def add_arguments(self, parser):
         super().add_arguments(parser)
         parser.add_argument("--shared-only", action="store_true", help="Only the public schema.")
+        parser.add_argument("--fleet-workers", type=int, default=2, help="Tenants migrated in parallel after the canaries.")
+        parser.add_argument("--canary", type=int, default=None, help="Tenants migrated first, one by one (default 1 %%).")
 
     def handle(self, *args, **options):
         connection.set_schema_to_public()
@@ -37,4 +40,8 @@ class Command(DjangoMigrate):
             applied = blueprint.migrate_template_database(region=region_name, verbosity=verbosity)
             if verbosity:
                 self.stdout.write(f"Template database ({region_name}): {applied} migrations applied.")
-        fleet.migrate_fleet(stdout=self.stdout if verbosity else None)
+        try:
+            fleet.migrate_fleet(stdout=self.stdout if verbosity else None, workers=options["fleet_workers"],
+                                canary=options["canary"])
+        except fleet.FleetMigrationFailed as exc:
+            raise CommandError(f"{exc} (see manage.py fleet_status; run migrate again to resume)") from None
