@@ -20,9 +20,9 @@ run: $(VENV)/.installed
 ## Debian packages the tests use: Chromium and ChromeDriver (browser tests) and xmlsec1
 ## (the SAML identity provider's signatures). Installed when missing and we are root.
 system-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v xmlsec1 >/dev/null || \
-	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver xmlsec1 >/dev/null; \
-	    else echo "the tests need: sudo apt-get install chromium chromium-driver xmlsec1" >&2; fi; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v xmlsec1 >/dev/null && test -x /usr/sbin/pgbouncer || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver xmlsec1 pgbouncer >/dev/null; \
+	    else echo "the tests need: sudo apt-get install chromium chromium-driver xmlsec1 pgbouncer" >&2; fi; }
 
 ## Run the whole test suite against real PostgreSQL and Redis.
 test: $(VENV)/.installed system-deps

@@ -68,7 +68,13 @@ DATABASES = {
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
     )
 }
-DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
+# django-tenants' backend, plus statement-scoped search paths behind a transaction pooler.
+DATABASES["default"]["ENGINE"] = "levqor.db"
+ORIGINAL_BACKEND = "django.db.backends.postgresql"
+# "transaction" when connecting through PgBouncer (or any pooler) in transaction mode.
+LEVQOR_DB_POOLING = os.environ.get("LEVQOR_DB_POOLING", "session")
+if LEVQOR_DB_POOLING == "transaction":
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 DATABASES["default"].setdefault("TEST", {})
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
