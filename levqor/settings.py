@@ -230,6 +230,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE = {
     "purge-deleted-tenants": {"task": "tenants.tasks.purge_deleted_tenants", "schedule": 3600.0},
     "flush-usage": {"task": "policy.tasks.flush_usage", "schedule": 60.0},
+    "reap-stalled-provisioning": {"task": "tenants.tasks.reap_stalled_provisioning", "schedule": 300.0},
     "audit-retention": {"task": "compliance.tasks.audit_retention", "schedule": 86400.0},
     "sweep-audit-streams": {"task": "compliance.tasks.sweep_streams", "schedule": 60.0},
 }

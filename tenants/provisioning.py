@@ -97,6 +97,35 @@ def run(request: ProvisionRequest) -> Provisioning:
     return p
 
 
+STALLED_AFTER_SECONDS = 600
+
+
+def reap_stalled(*, older_than_seconds: int = STALLED_AFTER_SECONDS) -> list[str]:
+    """Roll back provisionings whose process died midway (a killed worker or web node).
+
+    A tenant still `provisioning` long after it started has no process finishing it: every
+    step's compensation runs in reverse, as if it had failed, and nothing is left behind.
+    """
+    from datetime import timedelta
+
+    from tenants.models import Tenant
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    reaped = []
+    for tenant in Tenant.objects.filter(status=Tenant.Status.PROVISIONING, status_changed_at__lt=cutoff):
+        p = Provisioning(request=ProvisionRequest(name=tenant.name, slug=tenant.slug, plan=tenant.plan,
+                                                  region=tenant.region, actor="system:reaper",
+                                                  isolation=tenant.isolation), tenant=tenant)
+        for step in reversed(registered_steps()):
+            try:
+                step.compensate(p)
+            except Exception:
+                logger.exception("reaping %s: compensation of %s failed", tenant.slug, step.name)
+        logger.warning("rolled back stalled provisioning of %s", tenant.slug)
+        reaped.append(tenant.slug)
+    return reaped
+
+
 # --- the tenancy steps ----------------------------------------------------------------
 
 

@@ -17,3 +17,10 @@ def purge_due_tenants() -> list[str]:
 @shared_task(name="tenants.tasks.purge_deleted_tenants")
 def purge_deleted_tenants() -> list[str]:
     return purge_due_tenants()
+
+
+@shared_task(name="tenants.tasks.reap_stalled_provisioning")
+def reap_stalled_provisioning() -> list[str]:
+    from tenants.provisioning import reap_stalled
+
+    return reap_stalled()

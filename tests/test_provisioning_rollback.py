@@ -106,3 +106,40 @@ def test_concurrent_signups_with_one_slug_make_one_tenant(settings):
     assert set(AuditEvent.dangerously_all_tenants.filter(tenant_id__gt=floor).values_list("tenant_id", flat=True)) == {winner.id}
     services.tenant_delete(tenant=winner, actor="test")
     services.tenant_purge(tenant=winner, actor="test")
+
+
+CRASH = """
+import os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "levqor.settings")
+import django
+django.setup()
+from tenants import services
+services.tenant_create(name="Crash", slug=sys.argv[1], plan=sys.argv[2], admin_email="o@crash.test", actor="test")
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("plan", ["core", "enterprise"])
+def test_a_process_killed_mid_provisioning_is_rolled_back_by_the_reaper(plan):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    slug = unique_slug("crash")
+    floor = _max_tenant_id()
+    databases_before = _tenant_databases()
+    db = django_settings.DATABASES["default"]
+    env = {**os.environ, "DJANGO_DEBUG": "true", "REDIS_URL": django_settings.REDIS_URL,
+           "LEVQOR_FAULTS": "crash:provision.after:baseline",
+           "DATABASE_URL": f"postgres://{db.get('USER') or 'postgres'}@{db.get('HOST') or '127.0.0.1'}:"
+                           f"{db.get('PORT') or 5432}/{db['NAME']}"}
+    died = subprocess.run([sys.executable, "-c", CRASH, slug, plan], cwd=Path(__file__).resolve().parents[1], env=env,
+                          timeout=120)
+    assert died.returncode == 137  # killed after the schema/database and baseline were made
+    tenant = Tenant.objects.get(slug=slug)
+    assert tenant.status == "provisioning"
+    assert provisioning.reap_stalled(older_than_seconds=3600) == []  # a recent one may still be running
+    assert provisioning.reap_stalled(older_than_seconds=0) == [slug]
+    assert _traces(slug, floor) == {key: False for key in _traces(slug, floor)}
+    assert _tenant_databases() == databases_before
