@@ -27,7 +27,14 @@ TENANT_ROUTES = [
     ("get", "/api/org/usage", None),
     ("get", "/api/org/streams", None),
     ("get", "/api/org/integrity", None),
+    ("post", "/api/org/integrity", {}),
     ("get", "/api/org/evidence", None),
+    ("post", "/api/org/evidence", {"since": "2026-01-01T00:00:00Z"}),
+    ("get", "/api/org/evidence/1", None),
+    ("delete", "/api/org/keys/1", None),
+    ("get", "/api/org/streams/1", None),
+    ("post", "/api/org/streams/1/replay", {"since": "2026-01-01T00:00:00Z"}),
+    ("delete", "/api/org/streams/1", None),
     ("get", "/api/org/policy/simulate?plan=pro", None),
 ]
 
