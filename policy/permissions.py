@@ -70,6 +70,8 @@ def meter(ctx, metric: str, *, rate_limit: bool = True) -> quotas.Outcome:
     """Count one unit against the tenant's plan; 429 past its rate limit or quota."""
     outcome = quotas.consume(tenant_id=ctx.id, metric=metric, limits=ctx.limits, rate_limit=rate_limit)
     if not outcome.allowed:
+        if outcome.code == "rate_limited":
+            hotcache.throttle(ctx.id, outcome.retry_after)
         raise APIError(outcome.code, outcome.rationale, status_code=429, headers={"Retry-After": str(outcome.retry_after)},
                        details={"metric": metric, "used": outcome.used, "limit": outcome.limit,
                                 "retry_after": outcome.retry_after, "rationale": outcome.rationale})

@@ -119,3 +119,25 @@ def bump() -> None:
             logger.warning("could not publish a tenancy change: Redis unavailable")
 
     transaction.on_commit(_send)
+
+
+# Load shedding: a tenant over its rate limit is refused here, before authentication and
+# the quota round trip, until its Retry-After has passed. The limit is per tenant, so this
+# refuses nothing the token bucket would have let through.
+_throttled: dict[int, float] = {}
+
+
+def throttle(tenant_id: int, seconds: float) -> None:
+    _throttled[tenant_id] = time.monotonic() + seconds
+
+
+def throttled_for(tenant_id: int) -> float:
+    """Seconds this process will keep refusing the tenant; 0 when it is not throttled."""
+    until = _throttled.get(tenant_id)
+    if until is None:
+        return 0
+    left = until - time.monotonic()
+    if left <= 0:
+        _throttled.pop(tenant_id, None)
+        return 0
+    return left

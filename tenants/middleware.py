@@ -72,6 +72,11 @@ class TenantContextMiddleware:
             return error_response(403, "tenant_deleted", "This tenant has been deleted.")
         if tenant.status != Tenant.Status.ACTIVE:
             return error_response(409, "tenant_not_ready", "This tenant is still being provisioned.")
+        wait = hotcache.throttled_for(tenant.id)
+        if wait:
+            retry = max(1, int(wait + 0.999))
+            return error_response(429, "rate_limited", "This tenant is over its rate limit; retry later.",
+                                  {"retry_after": retry}, headers={"Retry-After": str(retry)})
 
         with tenant_context(ctx):
             request.tenant = ctx
