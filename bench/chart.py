@@ -79,6 +79,22 @@ def main() -> None:
                 ("stream delivery (webhook)", figures["stream_webhook"]["events_per_second"], COLORS["schema"])]
         (OUT / "audit.svg").write_text(bar_chart("Audit events per second (hash-chained)", rows, "events/second",
                                                  log=True, target=2000))
+    load = RESULTS / "load.json"
+    if load.exists():
+        figures = json.loads(load.read_text())
+        base, noisy = figures["baseline"], figures["with_noisy_neighbour"]
+        rows = [("others p50, steady", base["p50_ms"], COLORS["plain"]),
+                ("others p50, noisy neighbour", noisy["p50_ms"], COLORS["full"]),
+                ("others p95, steady", base["p95_ms"], COLORS["plain"]),
+                ("others p95, noisy neighbour", noisy["p95_ms"], COLORS["full"])]
+        (OUT / "load.svg").write_text(bar_chart("100 tenants, one at 10x its rate limit", rows, "milliseconds"))
+    fleet = RESULTS / "fleet_migrate.json"
+    if fleet.exists():
+        figures = json.loads(fleet.read_text())
+        rows = [("no-change migrate", figures["no_change_s"], COLORS["schema"]),
+                ("additive column", figures["additive_column_s"], COLORS["database"])]
+        (OUT / "fleet_migrate.svg").write_text(bar_chart(f"migrate across {figures['tenants']:,} tenant schemas", rows,
+                                                         "seconds", target=15))
 
 
 if __name__ == "__main__":
