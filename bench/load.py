@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -116,19 +115,14 @@ def main() -> int:
             print(f"\rtenants {i + 1}/{args.tenants + 1}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         quiet, noisy = tenants[1:], tenants[:1]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        from tests.ports import free_port, wait_for_port
+
+        port = free_port()
         server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "gunicorn"), "levqor.wsgi:application", "--workers", "2",
                                    "--threads", "2", "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
                                   cwd=ROOT, env=os.environ.copy())
         try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            wait_for_port(port)
             # Steady traffic well inside each tenant's limit: a short pause per request.
             _phase(port, quiet, [], 2, args.threads, 0, 0.01)  # warm up
             baseline = _phase(port, quiet, [], args.seconds, args.threads, 0, 0.01)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -159,22 +158,16 @@ def _compare(full: list[int], plain: list[int]) -> dict:
 def bench_http(slug: str, key: str, requests: int) -> dict:
     """The same comparison as a client sees it: gunicorn (1 sync worker) over loopback HTTP."""
     import http.client
-    import socket
     import subprocess
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.ports import free_port, wait_for_port
+
+    port = free_port()
     env = {**os.environ, "BENCH_TENANT_SLUG": slug, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "gunicorn"), "bench.wsgi_plain:application", "--workers", "1",
                                "--bind", f"127.0.0.1:{port}", "--log-level", "warning"], env=env, cwd=ROOT)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for_port(port)
 
         def run(path, headers, n):
             conn = http.client.HTTPConnection("127.0.0.1", port)

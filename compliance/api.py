@@ -165,8 +165,11 @@ def evidence_download(request, token: str):
     if report is None:
         return error_response(404, "link_invalid", "This download link is invalid or has expired.")
     tenant = Tenant.objects.get(pk=report.tenant_id)
+    try:
+        handle = evidence.region_storage(tenant.region).open(report.path, "rb")
+    except FileNotFoundError:  # storage lost or moved the file: say so, and generate it again
+        return error_response(410, "report_missing", "This report's file is no longer stored; generate a new one.")
     audit.record("data.exported", tenant_id=tenant.id, actor=f"link:evidence-{report.pk}", request=request,
                  metadata={"what": "evidence", "report_id": report.pk})
-    handle = evidence.region_storage(tenant.region).open(report.path, "rb")
     return FileResponse(handle, content_type="application/pdf", as_attachment=True,
                         filename=f"evidence-{tenant.slug}-{report.pk}.pdf")

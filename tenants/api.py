@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core import signing
-from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import permissions, serializers, status
@@ -19,7 +18,7 @@ from policy.enforce import authorize
 from tenants import selectors, services
 from tenants.api_base import TenantAPIView
 from tenants.context import current_tenant
-from tenants.models import Domain, Tenant, TenantKey, TenantUser
+from tenants.models import Tenant, TenantKey, TenantUser
 from tenants.principals import principal_for
 from tenants.serializers import KeyCreateSerializer, KeySerializer, SignupSerializer, TenantSerializer
 
@@ -27,7 +26,7 @@ from tenants.views import BOOTSTRAP_SALT
 
 
 def _tenant_or_404(tenant_id) -> Tenant:
-    tenant = Tenant.objects.filter(pk=tenant_id).prefetch_related(Prefetch("domains", queryset=Domain.objects.all())).first()
+    tenant = Tenant.objects.filter(pk=tenant_id).prefetch_related("domains").first()
     if tenant is None:
         raise APIError("not_found", "No such tenant.", status_code=404)
     return tenant

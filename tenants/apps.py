@@ -10,7 +10,7 @@ class TenantsConfig(AppConfig):
         # The provisioning steps this app owns; apps above register theirs in their own ready().
         from django.core.signals import request_finished
 
-        from tenants import broker, openapi, provisioning  # noqa: F401
+        from tenants import openapi, provisioning  # noqa: F401  (registers the OpenAPI key scheme and the steps)
 
         # Tenant database connections are not in settings.DATABASES, so Django's own
         # end-of-request cleanup does not see them. They are closed after every request:

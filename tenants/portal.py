@@ -17,7 +17,7 @@ from policy.enforce import authorize
 from tenants import members as member_services
 from tenants import services
 from tenants.context import tenant_context
-from tenants.models import ROLES, Invitation, Tenant, TenantKey, TenantUser
+from tenants.models import ROLES, Invitation, Tenant, TenantUser
 from tenants.principals import Principal
 
 SESSION_KEY = "levqor_tenant_id"
@@ -79,6 +79,12 @@ def _sso_required(request, tenant, member) -> bool:
         return False
     enforced = TenantSSO.dangerously_all_tenants.filter(tenant=tenant, enabled=True, enforced=True).exists()
     return enforced and tenant.id not in request.session.get(SSO_SESSION_KEY, [])
+
+
+def _posted_id(request, name: str) -> int:
+    """A numeric id from a form; 0 (matching nothing) for anything else."""
+    raw = request.POST.get(name, "")
+    return int(raw) if raw.isdigit() and len(raw) < 18 else 0
 
 
 def _can(request, action: str) -> bool:
@@ -214,7 +220,7 @@ def members(request):
                 messages.success(request, f"Invitation sent to {invitation.email}. Link (valid 7 days): "
                                           f"{request.build_absolute_uri(member_services.invitation_link(invitation))}")
         elif op in ("role", "remove"):
-            member = TenantUser.objects.select_related("user").filter(pk=request.POST.get("member_id") or 0).first()
+            member = TenantUser.objects.select_related("user").filter(pk=_posted_id(request, "member_id")).first()
             if member is None:
                 messages.error(request, "No such member.")
             elif op == "role":
@@ -351,7 +357,7 @@ def streams(request):
                 url=request.POST.get("url", ""), secret=request.POST.get("secret", ""), actor=request.principal.actor),
                 "Stream added: it sends every event from now on.")
         else:
-            stream = AuditStream.objects.filter(pk=request.POST.get("stream_id") or 0).first()
+            stream = AuditStream.objects.filter(pk=_posted_id(request, "stream_id")).first()
             if stream is None:
                 messages.error(request, "No such stream.")
             elif op == "replay":

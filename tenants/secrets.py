@@ -31,9 +31,13 @@ def decrypt(token: str) -> str:
         raise ValueError("secret cannot be decrypted with the configured LEVQOR_SECRETS_KEY") from exc
 
 
+@lru_cache(maxsize=4)
+def _pepper(secret: str) -> bytes:
+    return hashlib.sha256(b"levqor-keys-v1:" + secret.encode()).digest()
+
+
 def keyed_hash(value: str) -> str:
-    pepper = hashlib.sha256(b"levqor-keys-v1:" + settings.LEVQOR_SECRETS_KEY.encode()).digest()
-    return hmac.new(pepper, value.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(_pepper(settings.LEVQOR_SECRETS_KEY), value.encode(), hashlib.sha256).hexdigest()
 
 
 def mask(value: str, keep: int = 4) -> str:

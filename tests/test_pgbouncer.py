@@ -8,15 +8,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+
+from tests.ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,19 +59,13 @@ print(json.dumps(result))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def pgbouncer():
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).exists():
         pytest.fail("PgBouncer is required (make test installs Debian's pgbouncer)")
     db = settings.DATABASES["default"]
-    port = _free_port()
+    port = free_port()
     # Outside pytest's 0700 temp tree: PgBouncer drops root and runs as `postgres`.
     folder = Path(tempfile.mkdtemp(prefix="levqor-pgbouncer-"))
     folder.chmod(0o777)
@@ -93,13 +87,7 @@ pidfile = {folder}/pgbouncer.pid
     ini.chmod(0o644)
     command = [binary, str(ini)] + (["-u", "postgres"] if os.geteuid() == 0 else [])
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
+    if not wait_for_port(port):
         proc.kill()
         log = folder / "pgbouncer.log"
         pytest.fail("PgBouncer did not start: " + (log.read_text()[-500:] if log.exists() else "no log"))

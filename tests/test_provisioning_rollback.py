@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import psycopg2
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection, connections

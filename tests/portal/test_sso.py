@@ -9,7 +9,6 @@ from django.test import Client
 from oidc_provider_mock import run_server_in_thread
 
 from compliance.models import AuditEvent
-from tenants import sso
 from tenants.models import TenantSSO, TenantUser
 
 
