@@ -29,6 +29,11 @@ EVENTS: dict[str, str] = {
     "quota.warning": "a metered quota passed 80 % of the plan's limit this period",
     "integrity.checked": "the Integrity Pack ran (metadata: overall status)",
     "evidence.generated": "an Evidence PDF was generated",
+    "billing.subscription_updated": "Stripe reported a subscription change (plan, status or period)",
+    "billing.subscription_canceled": "the Stripe subscription was canceled; the grace period started",
+    "billing.payment_failed": "a payment failed; the grace period started (metadata: grace_until)",
+    "billing.payment_succeeded": "an invoice was paid; any grace period ended",
+    "billing.portal_opened": "an org admin opened the Stripe Customer Portal",
 }
 
 

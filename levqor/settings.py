@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 from levqor.regions import parse_regions
 
@@ -233,12 +234,33 @@ CELERY_BEAT_SCHEDULE = {
     "reap-stalled-provisioning": {"task": "tenants.tasks.reap_stalled_provisioning", "schedule": 300.0},
     "audit-retention": {"task": "compliance.tasks.audit_retention", "schedule": 86400.0},
     "sweep-audit-streams": {"task": "compliance.tasks.sweep_streams", "schedule": 60.0},
+    # Nightly billing, after midnight UTC: usage to Stripe, then reconciliation, then Notion.
+    "billing-nightly": {"task": "billing.tasks.nightly", "schedule": crontab(minute=30, hour=0)},
+    "billing-grace": {"task": "billing.tasks.enforce_grace", "schedule": 3600.0},
 }
 
+# Billing (billing/): on when STRIPE_SECRET_KEY is set. STRIPE_API_BASE points the SDK at
+# another API host (the local Stripe server of the tests and benchmarks).
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
 STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith("sk_live_")
+STRIPE_TEST_SECRET_KEY = "" if STRIPE_LIVE_MODE else STRIPE_SECRET_KEY
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")
+STRIPE_MAX_NETWORK_RETRIES = int(os.environ.get("STRIPE_MAX_NETWORK_RETRIES", "2"))
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+# Webhooks older than this (seconds, by their signed timestamp) are refused as replays.
+STRIPE_WEBHOOK_TOLERANCE = int(os.environ.get("STRIPE_WEBHOOK_TOLERANCE", "300"))
+STRIPE_CURRENCY = os.environ.get("STRIPE_CURRENCY", "usd")
 DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
-DJSTRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+DJSTRIPE_WEBHOOK_SECRET = STRIPE_WEBHOOK_SECRET
+DJSTRIPE_USE_NATIVE_JSONFIELD = True
+# Days a tenant keeps working after a failed payment before it is suspended (0: at once).
+LEVQOR_BILLING_GRACE_DAYS = float(os.environ.get("LEVQOR_BILLING_GRACE_DAYS", "7"))
+# Parallel Stripe calls of the nightly usage sync.
+LEVQOR_BILLING_SYNC_WORKERS = int(os.environ.get("LEVQOR_BILLING_SYNC_WORKERS", "8"))
+# The nightly per-tenant summary to a Notion database: off unless both are set.
+NOTION_TOKEN = os.environ.get("NOTION_TOKEN", "")
+NOTION_BILLING_DATABASE_ID = os.environ.get("NOTION_BILLING_DATABASE_ID", "")
+NOTION_API_BASE = os.environ.get("NOTION_API_BASE", "https://api.notion.com")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -260,5 +282,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LEVQOR_LOG_LEVEL", "INFO")},
     # 4xx answers are the API working as designed (and a flood of 429s under attack);
     # django.request logs only server errors.
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "django.request": {"level": "ERROR"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "django.request": {"level": "ERROR"},
+                "stripe": {"level": "WARNING"}},
 }

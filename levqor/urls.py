@@ -4,6 +4,9 @@ from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from billing import api as billing_api
+from billing import portal as billing_portal
+from billing import webhooks as billing_webhooks
 from compliance import api as compliance_api
 from levqor import health
 from tenants import api as tenant_api
@@ -35,6 +38,8 @@ api = [
     path("org/streams/<int:stream_id>", compliance_api.OrgStreamDetail.as_view(), name="org-stream"),
     path("org/streams/<int:stream_id>/replay", compliance_api.OrgStreamReplay.as_view(), name="org-stream-replay"),
     path("org/usage", tenant_api.OrgUsage.as_view(), name="org-usage"),
+    path("org/billing", billing_api.OrgBilling.as_view(), name="org-billing"),
+    path("org/billing/portal-session", billing_api.OrgBillingPortalSession.as_view(), name="org-billing-portal-session"),
     path("org/policy/simulate", tenant_api.OrgPolicySimulate.as_view(), name="org-policy-simulate"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
@@ -52,6 +57,8 @@ urlpatterns = [
     path("org/audit", portal.audit_log, name="org-audit-log"),
     path("org/settings/members", portal.members, name="org-members"),
     path("org/settings/plan", portal.plan, name="org-plan"),
+    path("org/settings/plan/manage", billing_portal.manage, name="org-plan-manage"),
+    path("billing/stripe/webhook", billing_webhooks.stripe_webhook, name="stripe-webhook"),
     path("org/settings/sso", portal.sso_settings, name="org-sso"),
     path("org/settings/limits", portal.limits, name="org-limits"),
     path("org/settings/backups", portal.backups, name="org-backups"),

@@ -119,11 +119,27 @@ class TenantUser(TenantScopedModel):
 
 
 class TenantBilling(TenantScopedModel):
+    """The tenant's Stripe customer and subscription, and where its payments stand."""
+
+    class Status(models.TextChoices):
+        NONE = "none"  # billing not configured when the tenant was provisioned
+        ACTIVE = "active"
+        PAST_DUE = "past_due"  # a payment failed; the tenant works until grace_until
+        CANCELED = "canceled"
+
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="billing")
-    stripe_customer_id = models.CharField(max_length=64, blank=True)
-    stripe_subscription_id = models.CharField(max_length=64, blank=True)
+    stripe_customer_id = models.CharField(max_length=64, blank=True, db_index=True)
+    stripe_subscription_id = models.CharField(max_length=64, blank=True, db_index=True)
     plan = models.CharField(max_length=32)
+    # The last usage reported to Stripe per metric: {"api_calls": {"period", "reported", "window"}}.
     metered_usage_json = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.NONE)
+    payment_failed_at = models.DateTimeField(null=True, blank=True)
+    grace_until = models.DateTimeField(null=True, blank=True)
+    # True while the tenant is suspended because of billing (a payment resumes it).
+    suspended_for_billing = models.BooleanField(default=False)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True, null=True)
 
     class Meta(TenantScopedModel.Meta):
         db_table = "tenant_billing"

@@ -241,11 +241,11 @@ def members(request):
 
 @portal_page("plan:read")
 def plan(request):
-    from django.conf import settings as django_settings
+    from billing.services import billing_summary
 
-    return render(request, "portal/plan.html", {"ctx": request.tenant, "billing_configured": bool(
-        django_settings.STRIPE_SECRET_KEY), "limits": sorted(request.tenant.limits.items()),
-        "features": sorted(request.tenant.features)})
+    return render(request, "portal/plan.html", {
+        "ctx": request.tenant, "billing": billing_summary(request.tenant.id), "can_change": _can(request, "plan:change"),
+        "limits": sorted(request.tenant.limits.items()), "features": sorted(request.tenant.features)})
 
 
 @login_required

@@ -45,6 +45,8 @@ class Provisioning:
     tenant: object | None = None
     api_key: str | None = None
     timings: dict = field(default_factory=dict)
+    # What a step made outside our database (for example its Stripe ids), for its compensation.
+    extras: dict = field(default_factory=dict)
     started: float = field(default_factory=lambda: time.monotonic())
 
 

@@ -36,6 +36,8 @@ TENANT_ROUTES = [
     ("post", "/api/org/streams/1/replay", {"since": "2026-01-01T00:00:00Z"}),
     ("delete", "/api/org/streams/1", None),
     ("get", "/api/org/policy/simulate?plan=pro", None),
+    ("get", "/api/org/billing", None),
+    ("post", "/api/org/billing/portal-session", {}),
 ]
 
 
