@@ -25,7 +25,10 @@ def _redis_per_worker():
     from levqor import redis as levqor_redis
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = 8 + int(worker.removeprefix("gw") or 0) % 8
+    # LEVQOR_TEST_REDIS_DB moves the block of databases, so two test sessions can share a
+    # Redis (with DATABASE_URL naming another database, they share PostgreSQL too).
+    first = int(os.environ.get("LEVQOR_TEST_REDIS_DB", "8"))
+    index = (first + int(worker.removeprefix("gw") or 0)) % 16
     base = settings.REDIS_URL.rsplit("/", 1)[0] if settings.REDIS_URL.count("/") >= 3 else settings.REDIS_URL
     settings.REDIS_URL = f"{base}/{index}"
     levqor_redis.client.cache_clear()
