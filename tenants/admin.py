@@ -73,8 +73,11 @@ class TenantUserAdmin(ScopedAdmin):
 
 @admin.register(TenantBilling)
 class TenantBillingAdmin(ScopedAdmin):
-    list_display = ("tenant", "plan", "stripe_customer_id", "stripe_subscription_id")
-    readonly_fields = ("tenant", "plan", "stripe_customer_id", "stripe_subscription_id", "metered_usage_json")
+    list_display = ("tenant", "plan", "status", "grace_until", "suspended_for_billing", "stripe_customer_id",
+                    "stripe_subscription_id")
+    list_filter = ("status", "suspended_for_billing")
+    readonly_fields = ("tenant", "plan", "status", "stripe_customer_id", "stripe_subscription_id", "payment_failed_at",
+                       "grace_until", "suspended_for_billing", "current_period_end", "metered_usage_json")
 
 
 @admin.register(PlatformKey)

@@ -8,6 +8,7 @@ import json
 import time
 
 import pytest
+from django.conf import settings
 from django.test import Client
 
 from tests.stripe_server import LocalStripe
@@ -61,7 +62,7 @@ def deliver_new_events(server: LocalStripe, seen: set[str]) -> list[dict]:
     for event in events:
         seen.add(event["id"])
         payload = json.dumps(event)
-        response = post_webhook(payload, sign(payload))
+        response = post_webhook(payload, sign(payload, settings.STRIPE_WEBHOOK_SECRET))
         assert response.status_code == 200, response.content
         answers.append({"type": event["type"], **response.json()})
     return answers
