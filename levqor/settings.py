@@ -108,6 +108,7 @@ SHARED_APPS = [
     "policy",
     "compliance",
     "billing",
+    "runtime",
 ]
 # Tenant apps live in each tenant's schema (strategy A) or database (strategy B).
 # Their models must not hold foreign keys to shared tables: a tenant database cannot
