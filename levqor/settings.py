@@ -83,6 +83,8 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # {"database_url", "replica_url", "storage"}. The first region is the default one.
 LEVQOR_REGIONS = parse_regions(os.environ.get("LEVQOR_REGIONS", ""), default_database_url=DATABASES["default"])
 LEVQOR_DEFAULT_REGION = next(iter(LEVQOR_REGIONS))
+# Per-tenant backups (runtime/backups.py): Fernet-encrypt each archive at rest.
+LEVQOR_BACKUP_ENCRYPT = env_bool("LEVQOR_BACKUP_ENCRYPT", False)
 
 SHARED_APPS = [
     "tenants",  # first: its `migrate` command replaces django-tenants' one
@@ -238,6 +240,8 @@ CELERY_BEAT_SCHEDULE = {
     # Nightly billing, after midnight UTC: usage to Stripe, then reconciliation, then Notion.
     "billing-nightly": {"task": "billing.tasks.nightly", "schedule": crontab(minute=30, hour=0)},
     "billing-grace": {"task": "billing.tasks.enforce_grace", "schedule": 3600.0},
+    "nightly-backups": {"task": "runtime.backup_tasks.nightly_backups", "schedule": crontab(minute=0, hour=2)},
+    "backup-retention": {"task": "runtime.backup_tasks.backup_retention", "schedule": 3600.0},
 }
 
 # Billing (billing/): on when STRIPE_SECRET_KEY is set. STRIPE_API_BASE points the SDK at

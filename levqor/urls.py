@@ -8,6 +8,7 @@ from billing import api as billing_api
 from billing import portal as billing_portal
 from billing import webhooks as billing_webhooks
 from compliance import api as compliance_api
+from runtime import api_backups, portal_backups
 from levqor import health
 from tenants import api as tenant_api
 from tenants import portal
@@ -38,6 +39,10 @@ api = [
     path("org/streams/<int:stream_id>", compliance_api.OrgStreamDetail.as_view(), name="org-stream"),
     path("org/streams/<int:stream_id>/replay", compliance_api.OrgStreamReplay.as_view(), name="org-stream-replay"),
     path("org/usage", tenant_api.OrgUsage.as_view(), name="org-usage"),
+    path("org/backups", api_backups.OrgBackups.as_view(), name="org-backups-api"),
+    path("org/backups/<int:backup_id>", api_backups.OrgBackupDetail.as_view(), name="org-backup-api"),
+    path("org/backups/<int:backup_id>/export", api_backups.OrgBackupExport.as_view(), name="org-backup-export-api"),
+    path("org/backups/<int:backup_id>/restore", api_backups.OrgBackupRestore.as_view(), name="org-backup-restore-api"),
     path("org/billing", billing_api.OrgBilling.as_view(), name="org-billing"),
     path("org/billing/portal-session", billing_api.OrgBillingPortalSession.as_view(), name="org-billing-portal-session"),
     path("org/policy/simulate", tenant_api.OrgPolicySimulate.as_view(), name="org-policy-simulate"),
@@ -61,7 +66,11 @@ urlpatterns = [
     path("billing/stripe/webhook", billing_webhooks.stripe_webhook, name="stripe-webhook"),
     path("org/settings/sso", portal.sso_settings, name="org-sso"),
     path("org/settings/limits", portal.limits, name="org-limits"),
-    path("org/settings/backups", portal.backups, name="org-backups"),
+    path("org/settings/backups", portal_backups.page, name="org-backups"),
+    path("org/settings/backups/create", portal_backups.create, name="org-backup-create"),
+    path("org/settings/backups/export", portal_backups.export, name="org-backup-export"),
+    path("org/settings/backups/restore", portal_backups.restore, name="org-backup-restore"),
+    path("backups/<str:token>", api_backups.backup_download, name="backup-download"),
     path("org/settings/streams", portal.streams, name="org-streams"),
     path("org/sso/<slug:slug>", portal.sso_login, name="org-sso-login"),
     path("org/actions/rotate-keys", portal.rotate_keys, name="org-rotate-keys"),

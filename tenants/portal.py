@@ -26,7 +26,6 @@ SSO_SESSION_KEY = "levqor_sso_tenants"  # tenants whose IdP this session signed 
 # Buttons whose backend is not built yet say so instead of pretending.
 NOT_YET = {
     "redeploy": "Redeploy arrives with the runtime work (regions and deploys).",
-    "export_backup": "Backups arrive with the runtime work (per-tenant backups and restore).",
 }
 
 
@@ -336,11 +335,6 @@ def limits(request):
     return render(request, "portal/limits.html", {"ctx": ctx, "usage": _usage_bars(ctx),
                                                   "limits": sorted(ctx.limits.items()),
                                                   "period": quotas.usage(ctx.id, ctx.limits)})
-
-
-@portal_page("backups:read")
-def backups(request):
-    return render(request, "portal/backups.html", {"not_yet": NOT_YET["export_backup"]})
 
 
 @portal_page("streams:read")

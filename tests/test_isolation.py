@@ -38,6 +38,11 @@ TENANT_ROUTES = [
     ("get", "/api/org/policy/simulate?plan=pro", None),
     ("get", "/api/org/billing", None),
     ("post", "/api/org/billing/portal-session", {}),
+    ("get", "/api/org/backups", None),
+    ("post", "/api/org/backups", {}),
+    ("get", "/api/org/backups/1", None),
+    ("post", "/api/org/backups/1/export", {}),
+    ("post", "/api/org/backups/1/restore", {"mode": "staging"}),
 ]
 
 
