@@ -448,6 +448,9 @@ def replace_live(backup: Backup, *, actor: str) -> dict:
     safety = backup_tenant(tenant=tenant, trigger="pre-restore", actor=actor)
     schema, database = staging_names(backup)
     with transaction.atomic(), connection.cursor() as cursor:
+        # Deferred foreign-key checks of earlier writes in this transaction must fire
+        # before their tables may be dropped.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for entry in Backup.dangerously_all_tenants.get(pk=backup.pk).manifest_json["tables"]:
             if entry["scope"] == "shared":
                 cursor.execute(f"DROP TABLE IF EXISTS {_q(schema)}.{_q('shared__' + entry['table'])}")
