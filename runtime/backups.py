@@ -197,7 +197,7 @@ def run_backup(backup: Backup, *, progress=None) -> Backup:
             Backup.dangerously_all_tenants.filter(pk=backup.pk).update(
                 status=Backup.Status.OK, storage_name=stored_name, size_bytes=size, checksum_sha256=sha.hexdigest(),
                 encrypted=settings.LEVQOR_BACKUP_ENCRYPT, manifest_json=manifest,
-                duration_ms=int((time.monotonic() - started) * 1000), expires_at=timezone.now() + timedelta(days=days))
+                duration_ms=int((time.monotonic() - started) * 1000), expires_at=backup.created_at + timedelta(days=days))
             audit.record("backup.created", tenant_id=tenant.id, actor=backup.actor, metadata={
                 "backup_id": backup.pk, "size_bytes": size, "sha256": sha.hexdigest(), "trigger": backup.trigger,
                 "tables": len(manifest["tables"])})
@@ -427,6 +427,8 @@ def discard_staging(backup: Backup) -> None:
     from tenants import blueprint, broker
 
     schema, database = staging_names(backup)
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # fire deferred checks of rows loaded in this transaction
     blueprint.drop_tenant_schema(schema)
     if backup.isolation == "database":
         broker.drop_database(broker.server_config(backup.region), database)
