@@ -1,4 +1,5 @@
-"""Backup routes: /api/org/backups (tenant API) and the signed download link."""
+"""Runtime routes of the tenant API: /api/org/backups, the signed backup download link,
+and /api/org/redeploy."""
 from __future__ import annotations
 
 from django.http import FileResponse
@@ -107,3 +108,17 @@ def backup_download(request, token: str):
                  metadata={"backup_id": backup.pk, "sha256": backup.checksum_sha256})
     suffix = ".tar.gz.enc" if backup.encrypted else ".tar.gz"
     return FileResponse(handle, as_attachment=True, filename=f"levqor-backup-{backup.tenant_id}-{backup.pk}{suffix}")
+
+
+class OrgRedeploy(TenantAPIView):
+    """POST /api/org/redeploy: re-apply the tenant's runtime configuration."""
+
+    policy_actions = {"POST": "deploy:redeploy"}
+
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    def post(self, request):
+        from runtime.deploy import tenant_redeploy
+
+        runtime = tenant_redeploy(tenant=_tenant(), actor=request.principal.actor)
+        return Response({"last_deploy_at": runtime.last_deploy_at, "limits": runtime.limits_json,
+                         "domain": runtime.domain})

@@ -1,4 +1,5 @@
-"""The portal's backups page: list with state, back up now, export, restore into staging."""
+"""Portal runtime actions: the backups page (list with state, back up now, export,
+restore into staging) and redeploy."""
 from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -59,3 +60,14 @@ def restore(request):
         messages.success(request, f"Backup {backup.pk} restored into staging and verified: {tables} tables, row counts "
                                   "and checksums match. Nothing live was changed.")
     return redirect("org-backups")
+
+
+@require_POST
+@portal_page("tenant:read")
+def redeploy(request):
+    from runtime.deploy import tenant_redeploy
+
+    _act(request, "deploy:redeploy", lambda: tenant_redeploy(tenant=_tenant(request), actor=request.principal.actor),
+         "Redeployed: limits, domain and caches re-applied.")
+    return redirect("org-home")
+

@@ -23,10 +23,6 @@ from tenants.principals import Principal
 SESSION_KEY = "levqor_tenant_id"
 SSO_SESSION_KEY = "levqor_sso_tenants"  # tenants whose IdP this session signed in through
 
-# Buttons whose backend is not built yet say so instead of pretending.
-NOT_YET = {
-    "redeploy": "Redeploy arrives with the runtime work (regions and deploys).",
-}
 
 
 def portal_page(action: str):
@@ -130,6 +126,8 @@ def choose(request):
 
 @portal_page("tenant:read")
 def home(request):
+    from runtime.deploy import recent_deploys
+
     ctx = request.tenant
     tenant = Tenant.objects.prefetch_related("domains").get(pk=ctx.id)
     new_key = request.session.pop("levqor_new_key", None)  # shown once
@@ -138,10 +136,10 @@ def home(request):
         "members": TenantUser.objects.select_related("user").order_by("created_at")[:10],
         "events": AuditEvent.objects.order_by("-seq")[:8] if _can(request, "audit:read") else None,
         "alerts": Alert.objects.filter(tenant_id=ctx.id, audience=Alert.Audience.TENANT, resolved_at__isnull=True)[:5],
-        "new_key": new_key, "not_yet": NOT_YET,
+        "new_key": new_key, "deploys": recent_deploys(ctx.id),
         "can": {name: _can(request, action) for name, action in (
             ("rotate", "keys:rotate"), ("invite", "members:invite"), ("integrity", "integrity:run"),
-            ("evidence", "evidence:generate"))},
+            ("evidence", "evidence:generate"), ("redeploy", "deploy:redeploy"))},
     })
 
 

@@ -39,6 +39,7 @@ TENANT_ROUTES = [
     ("get", "/api/org/billing", None),
     ("post", "/api/org/billing/portal-session", {}),
     ("get", "/api/org/backups", None),
+    ("post", "/api/org/redeploy", {}),
     ("post", "/api/org/backups", {}),
     ("get", "/api/org/backups/1", None),
     ("post", "/api/org/backups/1/export", {}),

@@ -27,7 +27,7 @@ def test_overview_shows_status_usage_members_and_activity(make_tenant):
     html = page.content.decode()
     assert tenant.name in html and "plan <strong>core</strong>" in html and "api calls" in html
     assert "owner@acme.test" in html and "Recent activity" in html
-    assert "Redeploy" in html and "not available yet" in html  # unbuilt backends say so
+    assert "Redeploy" in html and "No redeploys yet" in html
 
 
 def test_member_of_two_orgs_picks_one(make_tenant):

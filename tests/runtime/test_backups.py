@@ -249,3 +249,30 @@ def test_commands_back_up_and_restore_with_progress(make_tenant, storage, capsys
     out, err = capsys.readouterr()
     assert "tables verified" in out and "tables restored" in err
     backups.discard_staging(backup)
+
+
+def test_redeploy_reapplies_config_records_the_deploy_and_is_role_checked(make_tenant):
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import TenantRuntime, TenantUser
+
+    tenant, key = make_tenant()
+    TenantRuntime.dangerously_all_tenants.filter(tenant=tenant).update(limits_json={"api_calls": 1})  # drifted
+    owner = client_for(key, tenant)
+    done = owner.post("/api/org/redeploy")
+    assert done.status_code == 200 and done.json()["limits"]["api_calls"] == 100000
+    runtime = TenantRuntime.dangerously_all_tenants.get(tenant=tenant)
+    assert runtime.last_deploy_at is not None and runtime.domain.startswith(tenant.slug + ".")
+    event = AuditEvent.dangerously_all_tenants.get(tenant_id=tenant.id, event="config.changed")
+    assert event.metadata_json["what"] == "redeploy" and "limits" in event.metadata_json["changed"]
+    viewer_key = owner.post("/api/org/keys", {"role": "viewer", "name": "v"}, format="json").json()["api_key"]
+    assert client_for(viewer_key, tenant).post("/api/org/redeploy").status_code == 403
+    user = get_user_model().objects.create_user(username="op@r.test", email="op@r.test", password="x-long-pass-1")
+    TenantUser(tenant=tenant, user=user, role="operator").save(force_insert=True)
+    browser = Client()
+    browser.force_login(user)
+    browser.post("/org/actions/redeploy")
+    home = browser.get("/org").content.decode()
+    assert "user:op@r.test" in home and 'id="deploys"' in home
+    call_command("redeploy_tenant", tenant.slug)
+    assert AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant.id, event="config.changed").count() == 3
