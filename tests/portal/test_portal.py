@@ -115,7 +115,7 @@ def test_limits_backups_and_streams_pages(make_tenant, settings):
     core, _ = make_tenant(plan="core")
     _, core_owner = _user("owner@core.test", core, "owner")
     assert "api calls" in core_owner.get("/org/settings/limits").content.decode()
-    assert "Not available yet" in core_owner.get("/org/settings/backups").content.decode()
+    assert "No backups yet" in core_owner.get("/org/settings/backups").content.decode()
     assert "Plan core lacks feature audit_stream" in core_owner.get("/org/settings/streams").content.decode()
 
     ent, _ = make_tenant(plan="enterprise")
