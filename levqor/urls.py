@@ -41,6 +41,7 @@ api = [
     path("org/usage", tenant_api.OrgUsage.as_view(), name="org-usage"),
     path("org/backups", api_backups.OrgBackups.as_view(), name="org-backups-api"),
     path("org/redeploy", api_backups.OrgRedeploy.as_view(), name="org-redeploy-api"),
+    path("org/health", api_backups.OrgHealth.as_view(), name="org-health-api"),
     path("org/backups/<int:backup_id>", api_backups.OrgBackupDetail.as_view(), name="org-backup-api"),
     path("org/backups/<int:backup_id>/export", api_backups.OrgBackupExport.as_view(), name="org-backup-export-api"),
     path("org/backups/<int:backup_id>/restore", api_backups.OrgBackupRestore.as_view(), name="org-backup-restore-api"),

@@ -122,3 +122,15 @@ class OrgRedeploy(TenantAPIView):
         runtime = tenant_redeploy(tenant=_tenant(), actor=request.principal.actor)
         return Response({"last_deploy_at": runtime.last_deploy_at, "limits": runtime.limits_json,
                          "domain": runtime.domain})
+
+
+class OrgHealth(TenantAPIView):
+    """GET /api/org/health: the tenant's own health checks (storage, backup, migrations, keys)."""
+
+    policy_actions = {"GET": "tenant:read"}
+
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        from runtime.health import tenant_health
+
+        return Response(tenant_health(_tenant()))

@@ -40,6 +40,7 @@ TENANT_ROUTES = [
     ("post", "/api/org/billing/portal-session", {}),
     ("get", "/api/org/backups", None),
     ("post", "/api/org/redeploy", {}),
+    ("get", "/api/org/health", None),
     ("post", "/api/org/backups", {}),
     ("get", "/api/org/backups/1", None),
     ("post", "/api/org/backups/1/export", {}),

@@ -276,3 +276,23 @@ def test_redeploy_reapplies_config_records_the_deploy_and_is_role_checked(make_t
     assert "user:op@r.test" in home and 'id="deploys"' in home
     call_command("redeploy_tenant", tenant.slug)
     assert AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant.id, event="config.changed").count() == 3
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_tenant_health_checks_say_what_is_wrong(make_tenant, storage, strategy, capsys):
+    tenant, key = make_tenant(plan=STRATEGIES[strategy])
+    owner = client_for(key, tenant)
+    health = owner.get("/api/org/health").json()
+    assert health["status"] == "warning" and health["checks"]["backup"]["detail"] == "no backup yet"
+    assert health["checks"]["storage"]["state"] == "ok"
+    backups.backup_tenant(tenant=tenant, actor="test")
+    assert owner.get("/api/org/health").json()["status"] == "ok"
+    if strategy == "schema":
+        with connection.cursor() as cursor:
+            cursor.execute(f'ALTER SCHEMA "{tenant.schema_name}" RENAME TO "{tenant.schema_name}_gone"')
+        from runtime.health import tenant_health
+
+        broken = tenant_health(tenant)
+        assert broken["status"] == "failing" and "missing" in broken["checks"]["storage"]["detail"]
+        call_command("tenant_health")
+        assert f"failing  {tenant.slug}" in capsys.readouterr().out
