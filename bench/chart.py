@@ -95,6 +95,25 @@ def main() -> None:
                 ("additive column", figures["additive_column_s"], COLORS["database"])]
         (OUT / "fleet_migrate.svg").write_text(bar_chart(f"migrate across {figures['tenants']:,} tenant schemas", rows,
                                                          "seconds", target=15))
+    metering = RESULTS / "metering.json"
+    if metering.exists():
+        sync = json.loads(metering.read_text())["sync"]
+        rows = [("usage sync to Stripe", sync["seconds"], COLORS["schema"]),
+                ("re-run (nothing to send)", sync["rerun_seconds"], COLORS["plain"]),
+                ("reconciliation", sync["reconcile_seconds"], COLORS["database"])]
+        (OUT / "metering.svg").write_text(bar_chart(f"Nightly billing for {sync['tenants']:,} tenants", rows, "seconds",
+                                                    target=60))
+    backup = RESULTS / "backup.json"
+    if backup.exists():
+        figures = json.loads(backup.read_text())["by_tenants"]
+        rows = []
+        for size, f in figures.items():
+            rows.append((f"our backup · {int(size):,} tenants", f["backup_ms"], COLORS["schema"]))
+            if f.get("pg_dump_ms"):
+                rows.append((f"pg_dump -n · {int(size):,} tenants", f["pg_dump_ms"], COLORS["migrate_baseline"]))
+            rows.append((f"restore + verify · {int(size):,} tenants", f["restore_ms"], COLORS["database"]))
+        (OUT / "backup.svg").write_text(bar_chart("One tenant's backup and restore as the fleet grows", rows,
+                                                  "milliseconds (median)"))
 
 
 if __name__ == "__main__":
