@@ -9,24 +9,38 @@ from tenants.scoping import TenantScopedModel
 
 
 class AuditEvent(TenantScopedModel):
-    tenant_id = models.BigIntegerField(db_index=True)
-    seq = models.PositiveBigIntegerField()
-    event = models.CharField(max_length=64, db_index=True)
+    """One event of a tenant's trail. `seq`, `prev_hash` and `hash` (its place in the hash
+    chain) are NULL from the event's commit until a sealer gives them, once, in
+    compliance.audit; until then the event is stored but not yet chained, and
+    `content_to_seal` holds its content as the hash covers it, so that sealing runs in
+    SQL alone; sealing clears it."""
+
+    # Every read of the trail is one tenant's (by seq, or by time), served by the two
+    # indexes below that lead with tenant_id; single-column indexes on tenant_id, event and
+    # ts would only slow down every insert and every seal (migration 0009 dropped them).
+    tenant_id = models.BigIntegerField()
+    seq = models.PositiveBigIntegerField(null=True, blank=True)
+    event = models.CharField(max_length=64)
     actor = models.CharField(max_length=200)
-    ts = models.DateTimeField(db_index=True)
+    ts = models.DateTimeField()
     ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=300, blank=True)
     metadata_json = models.JSONField(default=dict, blank=True)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64)
+    prev_hash = models.CharField(max_length=64, null=True, blank=True)
+    hash = models.CharField(max_length=64, null=True, blank=True)
+    content_to_seal = models.TextField(null=True, blank=True, editable=False)
 
     class Meta(TenantScopedModel.Meta):
         db_table = "tenant_audit"
         constraints = [models.UniqueConstraint(fields=["tenant_id", "seq"], name="audit_chain_no_fork")]
-        indexes = [models.Index(fields=["tenant_id", "-ts"], name="audit_tenant_ts")]
+        indexes = [
+            models.Index(fields=["tenant_id", "-ts"], name="audit_tenant_ts"),
+            # What the sealers look up; its live entries are few, events leave it within milliseconds.
+            models.Index(fields=["tenant_id", "id"], name="audit_unsealed", condition=models.Q(seq__isnull=True)),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.tenant_id}#{self.seq} {self.event}"
+        return f"{self.tenant_id}#{self.seq if self.seq is not None else '(unsealed)'} {self.event}"
 
 
 class AuditStream(TenantScopedModel):
@@ -77,6 +91,7 @@ class EvidenceReport(TenantScopedModel):
         PENDING = "pending"
         READY = "ready"
         FAILED = "failed"
+        EXPIRED = "expired"  # past the plan's retention: the file is gone (runtime/lifecycle.py)
 
     tenant_id = models.BigIntegerField(db_index=True)
     period_start = models.DateTimeField()

@@ -24,6 +24,7 @@ per metric and period; reaching 100 % raises a `quota.exceeded` alert once.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -36,7 +37,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from levqor.faults import fault_point
-from levqor.redis import client
+from levqor.redis import call, client, receive, send, thread_connection
 from tenants.hotcache import GENERATION_KEY
 
 logger = logging.getLogger(__name__)
@@ -45,10 +46,15 @@ METRICS = ("api_calls", "jobs")
 WARN_AT = 0.8
 BURST_FACTOR = 2
 
-# KEYS: bucket, total, pending, generation    ARGV: now_ms, rate, burst, limit, n, metric, ttl
+# KEYS: bucket, total, pending, generation    ARGV: now_ms, rate, burst, limit, n, metric
 # Returns {code, extra, generation}; the tenancy generation rides along for tenants/hotcache.py.
+# Seven commands, each needed on every request: the generation and the total in one MGET;
+# the total's TTL is set where it is created (_seed_total, _push_local_buffer) and an
+# INCRBY keeps it, so the script does not set it again; the bucket's PEXPIRE stays (an idle
+# tenant's bucket is dropped a minute after its last request).
 _HIT = """
-local gen = tonumber(redis.call('GET', KEYS[4])) or 0
+local v = redis.call('MGET', KEYS[4], KEYS[2])
+local gen = tonumber(v[1]) or 0
 local now = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
@@ -67,20 +73,20 @@ if rate > 0 then
   redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'ts', now)
   redis.call('PEXPIRE', KEYS[1], 60000)
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
+if not v[2] then
   return {-3, 0, gen}
 end
 if limit >= 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]))
+  local used = tonumber(v[2])
   if used + n > limit then
     return {-2, used, gen}
   end
 end
 local total = redis.call('INCRBY', KEYS[2], n)
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
 redis.call('HINCRBY', KEYS[3], ARGV[6], n)
 return {total, 0, gen}
 """
+_HIT_SHA = hashlib.sha1(_HIT.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,30 @@ def period_end(period: str) -> datetime:
     return datetime(year, month, 1, tzinfo=dt_timezone.utc)
 
 
-def _keys(tenant_id: int, metric: str, period: str) -> tuple[str, str, str]:
+@dataclass(frozen=True)
+class _Month:
+    name: str  # the period, as period_of() names it
+    start: float  # epoch seconds
+    end: float
+
+
+_month: _Month | None = None
+
+
+def _month_at(ts: float) -> _Month:
+    """The period holding epoch second `ts`, remembered until it is over: every request
+    needs it, and datetime arithmetic with strftime cost ~40 µs of a request in place."""
+    global _month
+    month = _month
+    if month is None or not month.start <= ts < month.end:
+        at = datetime.fromtimestamp(ts, dt_timezone.utc)
+        name = period_of(at)
+        start = datetime(at.year, at.month, 1, tzinfo=dt_timezone.utc).timestamp()
+        month = _month = _Month(name, start, period_end(name).timestamp())
+    return month
+
+
+def _keys(tenant_id: int, metric: str, period: str) -> tuple[str, str, str, str]:
     return (f"levqor:bucket:{tenant_id}", f"levqor:usage:{tenant_id}:{metric}:{period}",
             f"levqor:pending:{period}:{tenant_id}", GENERATION_KEY)
 
@@ -124,6 +153,8 @@ class _LocalBuffer:
             return self.deltas[key]
 
     def drain(self) -> dict:
+        if not self.deltas:  # the usual case, checked without the lock: a count added meanwhile waits one request
+            return {}
         with self.lock:
             deltas, self.deltas = self.deltas, {}
             return deltas
@@ -135,14 +166,28 @@ class _LocalBuffer:
 
 
 local_buffer = _LocalBuffer()
-_script = None
 
 
-def _hit_script():
-    global _script
-    if _script is None:
-        _script = client().register_script(_HIT)
-    return _script
+def _hit(keys: tuple, args: list, while_waiting=None) -> list:
+    """Run the script on this thread's connection (levqor/redis.py says why not the pool's),
+    loading it first into a server that lacks it (new, restarted or flushed).
+
+    `while_waiting` runs between sending the script and reading its reply: work the
+    request needs next in any case and that depends on nothing the script decides (see
+    policy/permissions.py), so that its round trip overlaps the script's."""
+    conn = thread_connection()
+    command = ("EVALSHA", _HIT_SHA, len(keys), *keys, *args)
+    send(conn, *command)
+    try:
+        if while_waiting is not None:
+            while_waiting()
+    finally:
+        try:
+            reply = receive(conn)
+        except redis.exceptions.NoScriptError:  # nothing ran: load the script, send it again
+            client().script_load(_HIT)
+            reply = call(conn, *command)
+    return reply
 
 
 def ledger_total(tenant_id: int, metric: str, period: str) -> int:
@@ -162,19 +207,23 @@ def _seed_total(tenant_id: int, metric: str, period: str) -> None:
           ex=int((period_end(period) - timezone.now()).total_seconds()) + 40 * 86400)
 
 
-def consume(*, tenant_id: int, metric: str, limits: dict, n: int = 1, rate_limit: bool = True) -> Outcome:
-    """Count `n` of `metric` for the tenant if its rate limit and quota allow it."""
-    now = timezone.now()
-    period = period_of(now)
+def consume(*, tenant_id: int, metric: str, limits: dict, n: int = 1, rate_limit: bool = True,
+            while_waiting=None) -> Outcome:
+    """Count `n` of `metric` for the tenant if its rate limit and quota allow it.
+
+    `while_waiting`: see _hit(); run once, with the first attempt."""
+    now = time.time()
+    month = _month_at(now)
+    period = month.name
     limit = limits.get(metric)
     rate = limits.get("rate_per_second", 0) if rate_limit else 0
     keys = _keys(tenant_id, metric, period)
-    ttl = int((period_end(period) - now).total_seconds()) + 40 * 86400  # kept past the period for billing
+    args = [int(now * 1000), rate, rate * BURST_FACTOR, -1 if limit is None else limit, n, metric]
     try:
         _push_local_buffer()
         for _ in range(2):
-            result = _hit_script()(keys=keys, args=[int(time.time() * 1000), rate, rate * BURST_FACTOR,
-                                                    -1 if limit is None else limit, n, metric, ttl])
+            result = _hit(keys, args, while_waiting)
+            while_waiting = None
             if result[0] != -3:
                 break
             _seed_total(tenant_id, metric, period)
@@ -188,7 +237,7 @@ def consume(*, tenant_id: int, metric: str, limits: dict, n: int = 1, rate_limit
         return Outcome(False, "rate_limited", limit=limit, retry_after=retry, generation=generation,
                        rationale=f"rate limit of {rate} requests/second exceeded")
     if code == -2:
-        retry = max(1, int((period_end(period) - now).total_seconds()))
+        retry = max(1, int(month.end - now))
         _threshold_crossed(tenant_id, metric, period, extra, limit, "exceeded")
         return Outcome(False, "quota_exceeded", used=extra, limit=limit, retry_after=retry, generation=generation,
                        rationale=f"{metric} {extra}/{limit} used this period")
@@ -226,6 +275,15 @@ def _threshold_crossed(tenant_id: int, metric: str, period: str, used: int, limi
         raise
 
 
+# KEYS: total, pending    ARGV: metric, n
+_PUSH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('INCRBY', KEYS[1], ARGV[2])
+end
+redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
+"""
+
+
 def _push_local_buffer() -> None:
     deltas = local_buffer.drain()
     if not deltas:
@@ -235,8 +293,10 @@ def _push_local_buffer() -> None:
         pipe = r.pipeline()
         for (tenant_id, metric, period), n in deltas.items():
             _, total_key, pending_key, _ = _keys(tenant_id, metric, period)
-            pipe.incrby(total_key, n)
-            pipe.hincrby(pending_key, metric, n)
+            # Onto the total only if it is there: one missing (Redis restarted without its
+            # append-only file) is rebuilt by _seed_total from the ledger plus pending,
+            # which this count is now part of.
+            pipe.eval(_PUSH, 2, total_key, pending_key, metric, n)
         pipe.execute()
     except redis.RedisError:
         local_buffer.restore(deltas)

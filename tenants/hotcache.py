@@ -30,6 +30,8 @@ class _Cache:
         self.lock = threading.Lock()
         self.tenants: dict[tuple, tuple[float, object]] = {}
         self.keys: dict[str, tuple[float, object]] = {}
+        # Keys this process has verified: keyed hash of the presented key -> (key, principal).
+        self.verified: dict[str, tuple[float, tuple]] = {}
         self.generation: int | None = None
 
     def ttl(self) -> float:
@@ -49,6 +51,7 @@ class _Cache:
         with self.lock:
             self.tenants.clear()
             self.keys.clear()
+            self.verified.clear()
 
 
 cache = _Cache()
@@ -93,9 +96,27 @@ def key_for(prefix: str):
     return key
 
 
+def verified_key(digest: str):
+    """(key, principal) for a presented key whose keyed hash is `digest`, if this process
+    verified that very key within the TTL; None otherwise (verify it in full).
+
+    The keyed hash is what the key table stores and what verification compares, so a hit
+    is the same check as a full verification, without parsing the key, walking the key
+    and tenant objects and building the principal again. Entries go with the rest of the
+    cache: on a change made here at once, on one made elsewhere at the request that learns
+    of it (whose key revalidate() then re-reads from the database), at the TTL otherwise.
+    The plaintext key is never kept."""
+    return cache.get(cache.verified, digest) if cache.ttl() > 0 else None
+
+
+def remember_verified(digest: str, key, principal) -> None:
+    if cache.ttl() > 0:
+        cache.put(cache.verified, digest, (key, principal))
+
+
 def observe_generation(generation: int | None) -> bool:
     """Record the fleet generation seen by this request; True if it moved (re-check!)."""
-    if generation is None:
+    if generation is None or generation == cache.generation:  # the usual case needs no lock
         return False
     with cache.lock:
         previous = cache.generation

@@ -50,3 +50,8 @@ def parse(raw: str) -> ParsedKey | None:
 
 def matches(parsed: ParsedKey, stored_hash: str) -> bool:
     return hmac.compare_digest(keyed_hash(parsed.plaintext), stored_hash)
+
+
+def digest(raw: str) -> str:
+    """The keyed hash a presented key is stored and verified under (see matches())."""
+    return keyed_hash(raw)

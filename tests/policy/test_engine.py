@@ -21,6 +21,7 @@ ALL_ACTIONS = [
     "workflows:read", "workflows:write", "workflows:delete", "runs:read", "runs:create", "audit:read", "audit:export",
     "streams:read", "streams:configure", "evidence:read", "evidence:generate", "integrity:run", "usage:read",
     "metrics:read", "policy:simulate", "deploy:redeploy", "marketplace:read", "marketplace:order", "platform:manage",
+    "federation:read", "federation:manage",
 ]
 READS = {a for a in ALL_ACTIONS if a.endswith(":read")}
 EXPECTED_ROLE_ALLOWS = {
@@ -28,10 +29,10 @@ EXPECTED_ROLE_ALLOWS = {
     "admin": set(ALL_ACTIONS) - {"platform:manage", "tenant:delete"},
     "operator": {"tenant:read", "workflows:read", "workflows:write", "workflows:delete", "runs:read", "runs:create",
                  "backups:read", "backups:create", "deploy:redeploy", "usage:read", "metrics:read", "members:read",
-                 "plan:read", "limits:read", "marketplace:read"},
+                 "plan:read", "limits:read", "marketplace:read", "federation:read"},
     "auditor": READS | {"audit:export", "evidence:generate", "integrity:run"},
     "viewer": {"tenant:read", "workflows:read", "runs:read", "usage:read", "metrics:read", "members:read", "plan:read",
-               "limits:read", "marketplace:read"},
+               "limits:read", "marketplace:read", "federation:read"},
 }
 FEATURE_GATES = {"sso:configure": "sso", "streams:configure": "audit_stream", "marketplace:order": "marketplace"}
 PLAN_FEATURES = {"core": {"marketplace"}, "pro": {"marketplace", "sso", "custom_domain"},

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,56 @@ def test_a_flush_killed_midway_is_neither_lost_nor_doubled(db, settings, fault):
     assert UsageCounter.dangerously_all_tenants.get(tenant_id=tenant_id, metric="api_calls").count == 42
 
 
+def test_concurrent_threads_count_each_request_exactly_once(db):
+    """Each thread sends the quota script on a connection of its own: no reply is read by
+    the wrong thread, and every count lands once (a mixed-up reply would fall back to
+    local counting and report used=0)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from levqor.redis import thread_connection
+
+    tenant_id = 930_000 + os.getpid() % 1000
+    limits = {"api_calls": 10**6}
+    quotas.consume(tenant_id=tenant_id, metric="api_calls", limits=limits)  # seeds the total from the ledger
+    barrier = threading.Barrier(8)
+
+    def worker(_):
+        barrier.wait()
+        used = [quotas.consume(tenant_id=tenant_id, metric="api_calls", limits=limits).used for _ in range(50)]
+        return used, id(thread_connection())
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(worker, range(8)))
+    assert sorted(used for thread_used, _ in results for used in thread_used) == list(range(2, 402))
+    assert len({conn for _, conn in results}) == 8
+    assert quotas.usage(tenant_id, limits)["metrics"]["api_calls"]["used"] == 401
+
+
+def test_a_forked_worker_opens_its_own_connection(db):
+    """gunicorn forks workers from a parent that may have counted already: a child that
+    kept the parent's socket would read replies meant for the parent."""
+    from levqor.redis import thread_connection
+
+    tenant_id = 940_000 + os.getpid() % 1000
+    limits = {"api_calls": 10**6}
+    quotas.consume(tenant_id=tenant_id, metric="api_calls", limits=limits)
+    parent_port = thread_connection()._sock.getsockname()[1]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest, no database; report and leave at once
+        try:
+            used = quotas.consume(tenant_id=tenant_id, metric="api_calls", limits=limits).used
+            os.write(write, json.dumps([used, thread_connection()._sock.getsockname()[1]]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_used, child_port = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert child_used == 2 and child_port != parent_port
+    assert quotas.consume(tenant_id=tenant_id, metric="api_calls", limits=limits).used == 3
+
+
 @pytest.fixture
 def own_redis(tmp_path, settings):
     """A Redis of this test's own, with the append-only file production requires."""
@@ -182,12 +233,10 @@ def own_redis(tmp_path, settings):
     original = settings.REDIS_URL
     settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
     levqor_redis.client.cache_clear()
-    quotas._script = None
     yield server
     server.kill()
     settings.REDIS_URL = original
     levqor_redis.client.cache_clear()
-    quotas._script = None
 
 
 def test_counts_survive_a_redis_restart_and_an_outage(db, own_redis):
@@ -224,3 +273,24 @@ def test_usage_and_simulate_endpoints(make_tenant):
     viewer_key = owner.post("/api/org/keys", {"role": "viewer"}, format="json").json()["api_key"]
     denied = client_for(viewer_key, tenant).get("/api/org/policy/simulate?plan=pro")
     assert denied.status_code == 403 and denied.json()["error"]["details"]["rationale"] == "role viewer lacks policy:simulate"
+
+
+def test_counts_kept_locally_join_a_rebuilt_total(db):
+    """Counts taken while Redis was unreachable are pushed once it answers. If the period
+    total vanished meanwhile (Redis restarted without its append-only file), they must not
+    start a new total of their own: the total is rebuilt from the ledger plus every
+    pending count, theirs included, and it keeps its expiry."""
+    from levqor.redis import client
+
+    tenant_id = 950_000 + os.getpid() % 1000
+    limits = {"api_calls": 10**6}
+    for _ in range(5):
+        quotas.consume(tenant_id=tenant_id, metric="api_calls", limits=limits)
+    quotas.flush()  # the 5 are in PostgreSQL
+    _, total_key, _, _ = quotas._keys(tenant_id, "api_calls", quotas.period_of())
+    client().delete(total_key)
+    quotas.local_buffer.add(tenant_id, "api_calls", quotas.period_of(), 3)  # served during the outage
+    assert quotas.consume(tenant_id=tenant_id, metric="api_calls", limits=limits).used == 9
+    assert client().ttl(total_key) > 0
+    quotas.flush()
+    assert quotas.ledger_total(tenant_id, "api_calls", quotas.period_of()) == 9
