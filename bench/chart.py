@@ -114,6 +114,25 @@ def main() -> None:
             rows.append((f"restore + verify · {int(size):,} tenants", f["restore_ms"], COLORS["database"]))
         (OUT / "backup.svg").write_text(bar_chart("One tenant's backup and restore as the fleet grows", rows,
                                                   "milliseconds (median)"))
+    anomaly = RESULTS / "anomaly.json"
+    if anomaly.exists():
+        figures = json.loads(anomaly.read_text())
+        delay = figures["delay_minutes"]
+        rows = [("median detection delay", delay["median"], COLORS["plain"]),
+                ("p95 detection delay", delay["p95"], COLORS["schema"]),
+                ("max detection delay", delay["max"], COLORS["migrate_baseline"])]
+        rows += [(f"max delay · {kind.replace('_', ' ')}", f["max_delay"] or 0, COLORS["database"])
+                 for kind, f in figures["by_kind"].items() if f["injected"]]
+        title = (f"Anomaly detection: {figures['injected']} injected into {figures['tenants']} tenants' week, "
+                 f"recall {figures['recall']:.0%}")
+        (OUT / "anomaly.svg").write_text(bar_chart(title, rows, "simulated minutes", target=5))
+        rows = [("seasonal baseline (3 weeks of history)", figures["false_alerts_per_tenant_week"], COLORS["schema"])]
+        fresh = RESULTS / "anomaly_no_history.json"
+        if fresh.exists():
+            rows.append(("recent baseline only (first week)",
+                         json.loads(fresh.read_text())["false_alerts_per_tenant_week"], COLORS["plain"]))
+        (OUT / "anomaly_false_alerts.svg").write_text(bar_chart("False alerts per tenant per week", rows,
+                                                                "episodes not matching an injection", target=1))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,11 @@ import logging
 import requests
 from django.conf import settings
 
+from compliance import outbound
+
 logger = logging.getLogger(__name__)
 NOTION_VERSION = "2022-06-28"
+BREAKER = "notion"
 
 
 def enabled() -> bool:
@@ -34,9 +37,16 @@ def _session() -> requests.Session:
 
 
 def _call(session, method: str, path: str, body: dict) -> dict:
+    """One request, through the `notion` circuit breaker: unreachable, 5xx and 429 count as
+    failures; another 4xx is Notion answering (a wrong token, a bad property)."""
     url = settings.NOTION_API_BASE.rstrip("/") + path
     try:
-        response = session.request(method, url, json=body, timeout=15)
+        with outbound.guard(BREAKER) as call:
+            response = session.request(method, url, json=body, timeout=15)
+            if response.status_code >= 500 or response.status_code == 429:
+                call.failed(f"HTTP {response.status_code}")
+    except outbound.CircuitOpen as exc:
+        raise NotionError(f"Notion unavailable: {exc.message}") from None
     except requests.RequestException as exc:
         raise NotionError(f"Notion unreachable: {exc.__class__.__name__}") from None
     if response.status_code >= 400:

@@ -13,9 +13,11 @@ import threading
 import stripe
 from django.conf import settings
 
+from compliance import outbound
 from levqor.errors import APIError
 
 _local = threading.local()
+BREAKER = "stripe"
 
 
 def enabled() -> bool:
@@ -23,8 +25,9 @@ def enabled() -> bool:
 
 
 class BillingUnavailable(APIError):
-    def __init__(self, message: str):
-        super().__init__("billing_unavailable", message, status_code=503)
+    def __init__(self, message: str, retry_after: float | None = None):
+        headers = {"Retry-After": str(max(1, int(retry_after + 0.999)))} if retry_after is not None else None
+        super().__init__("billing_unavailable", message, status_code=503, headers=headers)
 
 
 def configure_sdk() -> None:
@@ -46,13 +49,23 @@ def client() -> stripe.StripeClient:
     return cached[1]
 
 
+def guarded():
+    """The `stripe` circuit breaker around one call (runtime/breakers.py). A 4xx
+    (InvalidRequestError) is Stripe answering, not failing: it does not count."""
+    return outbound.guard(BREAKER, ignore=(stripe.InvalidRequestError,))
+
+
 def call(fn, *args, **kwargs):
-    """Run one SDK call; Stripe being down or refusing becomes a clear 503, not a 500.
+    """Run one SDK call; Stripe being down or refusing becomes a clear 503, not a 500, and
+    so does its breaker being open (then no call is made).
     A single object is returned as a plain dict; a list as the SDK's ListObject."""
     try:
-        result = fn(*args, **kwargs)
+        with guarded():
+            result = fn(*args, **kwargs)
     except stripe.InvalidRequestError:
         raise
+    except outbound.CircuitOpen as exc:
+        raise BillingUnavailable(f"Stripe: {exc.message}", retry_after=exc.retry_after) from exc
     except stripe.StripeError as exc:
         raise BillingUnavailable(f"Stripe: {exc.user_message or exc.__class__.__name__}") from exc
     # Single objects come back as plain dicts (JSON as Stripe sent it); lists keep paging.

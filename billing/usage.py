@@ -150,10 +150,13 @@ def _send(report: MeterReport, customer_id: str) -> str | None:
     """Send one meter event; None when Stripe has it (now or from an earlier run)."""
     event_name = next(m.event_name for m in catalog.METERED if m.metric == report.metric)
     try:
-        stripe_api.client().v1.billing.meter_events.create(params={
-            "event_name": event_name, "identifier": report.identifier, "timestamp": report.timestamp,
-            "payload": {"stripe_customer_id": customer_id, "value": str(report.value)},
-        })
+        with stripe_api.guarded():
+            stripe_api.client().v1.billing.meter_events.create(params={
+                "event_name": event_name, "identifier": report.identifier, "timestamp": report.timestamp,
+                "payload": {"stripe_customer_id": customer_id, "value": str(report.value)},
+            })
+    except stripe_api.outbound.CircuitOpen as exc:  # not sent; the next run resends it
+        return f"{report.identifier}: {exc.message}"
     except stripe.InvalidRequestError as exc:
         # Stripe's answer to an identifier it already has (a resend of a window it
         # received before we could mark it sent): the event counts once; so do we.

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import logging
 
+from django.dispatch import Signal
+
 from compliance.models import Alert
 
 logger = logging.getLogger("levqor.alerts")
+# Sent with `alert` when a new alert is stored; runtime/alerting.py delivers it after commit.
+alert_raised = Signal()
 
 
 def alert_raise(*, kind: str, message: str, tenant_id: int | None = None, severity: str = "warning",
@@ -17,4 +21,5 @@ def alert_raise(*, kind: str, message: str, tenant_id: int | None = None, severi
     alert = Alert.objects.create(kind=kind, message=message, tenant_id=tenant_id, severity=severity,
                                  audience=audience, metadata_json=metadata or {}, dedupe_key=dedupe_key)
     logger.warning("alert %s tenant=%s: %s", kind, tenant_id, message)
+    alert_raised.send(sender=Alert, alert=alert)
     return alert

@@ -52,11 +52,27 @@ def check_destination(url: str) -> tuple[str, int, str]:
     addresses = [info[4][0] for info in infos]
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
-        internal = (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-                    or ip.is_unspecified)
-        if internal and not allowed:
+        if is_internal(ip) and not allowed:
             raise DestinationRefused(f"{host} resolves to an internal address ({ip}); refused")
     return host, port, addresses[0]
+
+
+# IPv6 prefixes that carry an IPv4 address a gateway may translate to: NAT64 (RFC 6052,
+# 8215). IPv4-mapped and 6to4 addresses have their own accessors on IPv6Address.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def is_internal(ip) -> bool:
+    """Anything but a globally routable unicast address. `is_global` (not `is_private`)
+    also refuses shared address space 100.64.0.0/10, where Alibaba Cloud's metadata service
+    (100.100.100.200) lives; an IPv4 address embedded in IPv6 is judged as itself."""
+    if ip.version == 6:
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and any(ip in net for net in _NAT64):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_internal(embedded)
+    return not ip.is_global or ip.is_multicast
 
 
 def post(url: str, *, body: bytes, headers: dict, timeout: float) -> requests.Response:
@@ -72,3 +88,43 @@ def post(url: str, *, body: bytes, headers: dict, timeout: float) -> requests.Re
     else:
         target = url  # TLS verifies the name; the vetted resolution above stands
     return requests.post(target, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+
+
+# --- circuit breakers ------------------------------------------------------------------------
+# The breakers live in runtime/breakers.py, above this app; they hook in here (runtime's
+# AppConfig.ready calls register_guard) so that compliance can guard its outbound calls
+# without importing the runtime. With nothing registered, `guard` guards nothing.
+
+
+class CircuitOpen(APIError):
+    """A dependency's circuit breaker is open: the call was not made."""
+
+    def __init__(self, name: str, message: str, retry_after: float | None = None):
+        details = {"dependency": name}
+        headers = {}
+        if retry_after is not None:
+            details["retry_after"] = round(retry_after, 1)
+            headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+        super().__init__("dependency_unavailable", message, status_code=503, details=details, headers=headers)
+        self.name = name
+        self.retry_after = retry_after
+
+
+_guard_factory = None
+
+
+def register_guard(factory) -> None:
+    """`factory(name)` returns the context manager that guards one call to `name`."""
+    global _guard_factory
+    _guard_factory = factory
+
+
+def guard(name: str, **options):
+    from contextlib import nullcontext
+
+    return _guard_factory(name, **options) if _guard_factory is not None else nullcontext(_NoBreaker())
+
+
+class _NoBreaker:
+    def failed(self, reason: str = "") -> None:
+        pass

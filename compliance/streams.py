@@ -2,10 +2,12 @@
 or a signed webhook.
 
 The audit table is the outbox: each stream keeps a cursor (the last seq delivered) and a
-delivery sends the next batch after it, then advances the cursor. Every event carries a
-stable id (`<tenant id>-<seq>`), so a receiver that honours ids never sees one twice even
-if a delivery is retried after the receiver accepted it but before we heard back.
-Failures retry with exponential backoff (Celery); after MAX_FAILURES the stream is
+delivery sends the next batch after it, then advances the cursor. Only sealed events have
+a seq; seals commit one after another under the tenant's chain lock, each continuing
+from the last, so an event sealed later always lands after every cursor. Every event
+carries a stable id (`<tenant id>-<seq>`), so a receiver that honours ids never sees one
+twice even if a delivery is retried after the receiver accepted it but before we heard
+back. Failures retry with exponential backoff (Celery); after MAX_FAILURES the stream is
 `dead` and an alert is raised; `stream_replay()` rewinds the cursor to a point in time.
 """
 from __future__ import annotations
@@ -70,11 +72,25 @@ def deliver(stream_id: int) -> dict:
         if not events:
             return {"sent": 0, "more": False, "state": stream.state}
         body, headers = render(stream, events, secrets.decrypt(stream.secret_encrypted))
+        circuit_open = None
         try:
-            response = outbound.post(stream.url, body=body, headers=headers, timeout=TIMEOUT_SECONDS)
-            error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+            with outbound.guard(breaker_name(stream.pk)) as call:
+                response = outbound.post(stream.url, body=body, headers=headers, timeout=TIMEOUT_SECONDS)
+                error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+                if error:
+                    call.failed(error)
+        except outbound.CircuitOpen as exc:
+            circuit_open, error = exc, exc.message[:500]
         except (requests.RequestException, APIError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
+        if circuit_open is not None:
+            # Nothing was sent and the cursor stays: the events wait in the outbox. Not a
+            # delivery attempt either, so it does not bring the stream closer to `dead`.
+            stream.last_error = error
+            stream.state = AuditStream.State.FAILING
+            stream.save(update_fields=["state", "last_error"])
+            return {"sent": 0, "more": False, "state": stream.state, "failures": stream.failures, "error": error,
+                    "retry_after": circuit_open.retry_after}
         if error is None:
             stream.cursor_seq = events[-1].seq
             stream.failures = 0
@@ -94,6 +110,11 @@ def deliver(stream_id: int) -> dict:
         stream.save(update_fields=["cursor_seq", "failures", "state", "last_error", "last_delivered_at"])
     return {"sent": len(events) if error is None else 0, "more": error is None and len(events) == BATCH,
             "state": stream.state, "failures": stream.failures, "error": error}
+
+
+def breaker_name(stream_id: int) -> str:
+    """The stream's circuit breaker (runtime/breakers.py)."""
+    return f"siem:{stream_id}"
 
 
 def schedule_for_tenant(tenant_id: int) -> None:
@@ -118,9 +139,7 @@ def stream_create(*, tenant_id: int, name: str, kind: str, url: str, secret: str
     outbound.check_destination(url)
     with transaction.atomic():
         # Start at the head: a new stream sends what happens from now; replay sends history.
-        head = AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant_id).order_by("-seq").values_list(
-            "seq", flat=True).first() or 0
-        stream = AuditStream(tenant_id=tenant_id, name=name, kind=kind, url=url, cursor_seq=head,
+        stream = AuditStream(tenant_id=tenant_id, name=name, kind=kind, url=url, cursor_seq=_head_seq(tenant_id),
                              secret_encrypted=secrets.encrypt(secret))
         stream.save(force_insert=True)
         audit.forget_stream_list()
@@ -130,17 +149,24 @@ def stream_create(*, tenant_id: int, name: str, kind: str, url: str, secret: str
 
 
 def stream_replay(*, stream: AuditStream, since, actor: str) -> AuditStream:
-    """Re-send every event from `since` on (and resume a dead or paused stream)."""
+    """Re-send every event from `since` on (and resume a dead or paused stream).
+
+    The cursor goes just before the first event stamped at or after `since`: events are
+    sealed in commit order, which concurrent writers' timestamps may not follow exactly."""
     with transaction.atomic():
-        before = AuditEvent.dangerously_all_tenants.filter(tenant_id=stream.tenant_id, ts__lt=since).order_by(
-            "-seq").values_list("seq", flat=True).first() or 0
-        stream.cursor_seq = before
+        first = (audit.sealed_events(stream.tenant_id).filter(ts__gte=since).order_by("seq")
+                 .values_list("seq", flat=True).first())
+        stream.cursor_seq = first - 1 if first else _head_seq(stream.tenant_id)
         stream.state = AuditStream.State.ACTIVE
         stream.failures = 0
         stream.save(update_fields=["cursor_seq", "state", "failures"])
         audit.record("config.changed", tenant_id=stream.tenant_id, actor=actor,
                      metadata={"change": "audit_stream_replay", "stream": stream.name, "since": since.isoformat()})
     return stream
+
+
+def _head_seq(tenant_id: int) -> int:
+    return audit.sealed_events(tenant_id).order_by("-seq").values_list("seq", flat=True).first() or 0
 
 
 def stream_delete(*, stream: AuditStream, actor: str) -> None:

@@ -4,7 +4,6 @@ from celery import shared_task
 from django.utils import timezone
 
 from compliance import audit
-from compliance.models import AuditEvent
 
 
 def apply_audit_retention(*, now=None) -> dict:
@@ -19,7 +18,7 @@ def apply_audit_retention(*, now=None) -> dict:
         if not days:
             continue
         cutoff = now - timedelta(days=days)
-        last = (AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant.id, ts__lt=cutoff)
+        last = (audit.sealed_events(tenant.id).filter(ts__lt=cutoff)
                 .order_by("-seq").values_list("seq", flat=True).first())
         if last:
             purged[tenant.slug] = audit.purge(tenant_id=tenant.id, up_to_seq=last, actor="system:retention",
@@ -30,6 +29,13 @@ def apply_audit_retention(*, now=None) -> dict:
 @shared_task(name="compliance.tasks.audit_retention")
 def audit_retention() -> dict:
     return apply_audit_retention()
+
+
+@shared_task(name="compliance.tasks.seal_audit")
+def seal_audit() -> int:
+    """Every few seconds: seal the events no writer saw sealed after its commit (it gave up
+    waiting for a slow transaction that held the chain, or died in between)."""
+    return sum(audit.seal_pending().values())
 
 
 @shared_task(name="compliance.tasks.deliver_stream", bind=True, max_retries=None, acks_late=True)
@@ -43,7 +49,9 @@ def deliver_stream(self, stream_id: int) -> int:
         sent += result["sent"]
         if result.get("error"):
             if result["state"] == "failing":
-                raise self.retry(countdown=min(2 ** min(result["failures"], 8), 300))
+                # Backoff, or until an open circuit breaker lets the next probe through.
+                wait = max(2 ** min(result["failures"], 8), result.get("retry_after") or 0)
+                raise self.retry(countdown=min(wait, 300))
             return sent
         if not result["more"]:
             return sent

@@ -1,3 +1,5 @@
+import time
+
 from django.conf import settings
 
 from levqor.errors import error_response
@@ -23,3 +25,23 @@ class BodySizeLimitMiddleware:
             return error_response(413, "payload_too_large", f"The request body is larger than {self.limit} bytes.",
                                   {"limit_bytes": self.limit})
         return self.get_response(request)
+
+
+class RequestMetricsMiddleware:
+    """Time every request and count it, for the fleet and for its tenant (runtime/metrics.py).
+
+    First in MIDDLEWARE, so the figure covers the whole stack. Recording is an in-memory
+    update; the figures are written in batches after responses, never on a request's way.
+    """
+
+    def __init__(self, get_response):
+        from runtime.metrics import record_request
+
+        self.get_response = get_response
+        self.record = record_request
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        self.record(request, response.status_code, (time.perf_counter() - started) * 1000)
+        return response

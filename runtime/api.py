@@ -1,5 +1,4 @@
-"""Runtime routes of the tenant API: /api/org/backups, the signed backup download link,
-and /api/org/redeploy."""
+"""The runtime app's tenant API: backups (list, take, export, restore), redeploy and health."""
 from __future__ import annotations
 
 from django.http import FileResponse

@@ -40,12 +40,16 @@ from django.utils import timezone
 
 from compliance import audit
 from levqor.errors import APIError
+from levqor.taskqueue import send_after_commit
 from runtime.models import Backup
-from runtime.storage import region_storage
+from runtime.storage import presigns, region_storage
+from tenants import secrets
 
 logger = logging.getLogger(__name__)
 FORMAT = 1
-SKIP_SHARED = {"tenant_backups"}  # a backup does not hold the list of backups
+# Not tenant data: the list of backups itself, and the platform's own measurements of the
+# tenant (a restore must not rewind its metrics).
+SKIP_SHARED = {"tenant_backups", "runtime_metric_rollups"}
 
 
 # --- what to back up -------------------------------------------------------------------
@@ -154,7 +158,9 @@ def request_backup(*, tenant, trigger: str, actor: str) -> Backup:
         backup = Backup(tenant_id=tenant.id, region=tenant.region, isolation=tenant.isolation, trigger=trigger,
                         actor=actor)
         backup.save(force_insert=True)
-        transaction.on_commit(lambda: take_backup.delay(backup.pk))
+        # Broker down: no `running` row that no worker will ever take (503 queue_unavailable).
+        send_after_commit(lambda: take_backup.delay(backup.pk),
+                          undo=lambda: Backup.dangerously_all_tenants.filter(pk=backup.pk).delete())
     return backup
 
 
@@ -282,10 +288,8 @@ def _add(tar, cursor, scope: str, table: str, columns: list[str], select: str, p
 def _maybe_encrypt(archive):
     if not settings.LEVQOR_BACKUP_ENCRYPT:
         return archive
-    from tenants.secrets import _fernet
-
     out = tempfile.TemporaryFile()
-    out.write(_fernet(settings.LEVQOR_SECRETS_KEY).encrypt(archive.read()))
+    out.write(secrets.encrypt_bytes(archive.read()))
     out.seek(0)
     return out
 
@@ -311,9 +315,10 @@ def _read_archive(backup: Backup) -> tuple[dict, dict[str, bytes]]:
     if hashlib.sha256(raw).hexdigest() != backup.checksum_sha256:
         raise RestoreFailed(f"backup {backup.pk} fails its checksum: the stored file was changed or damaged")
     if backup.encrypted:
-        from tenants.secrets import _fernet
-
-        raw = _fernet(settings.LEVQOR_SECRETS_KEY).decrypt(raw)
+        try:
+            raw = secrets.decrypt_bytes(raw)
+        except ValueError as exc:  # LEVQOR_SECRETS_KEY changed since the backup was taken
+            raise RestoreFailed(f"backup {backup.pk}: {exc}") from None
     files = {}
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
         for member in tar.getmembers():
@@ -321,6 +326,30 @@ def _read_archive(backup: Backup) -> tuple[dict, dict[str, bytes]]:
                 files[member.name] = tar.extractfile(member).read()
     manifest = json.loads(files.pop("manifest.json"))
     return manifest, files
+
+
+def integrity_check(tenant) -> tuple[str, str]:
+    """The Integrity Pack's "backups recent and restorable": the newest OK backup is younger
+    than LEVQOR_KPI_BACKUP_FRESH_HOURS, its stored file matches its checksum and decrypts,
+    and it was taken at the tenant apps' current migration level (else a restore would be
+    refused). Reading the archive is what a restore does first; nothing is loaded."""
+    from tenants import blueprint
+
+    latest = Backup.objects.filter(tenant_id=tenant.id, status=Backup.Status.OK).order_by("-created_at").first()
+    if latest is None:
+        return "warn", "no backup yet"
+    try:
+        manifest, _files = _read_archive(latest)
+    except RestoreFailed as exc:
+        return "fail", f"backup {latest.pk} is not restorable: {exc.message}"
+    expected = sorted(f"{app}.{name}" for app, name in blueprint.expected_migrations())
+    if manifest["migrations"] != expected:
+        return "warn", f"backup {latest.pk} was taken at an older migration level; take a new one"
+    age = timezone.now() - latest.created_at
+    hours = settings.LEVQOR_KPI_BACKUP_FRESH_HOURS
+    if age > timedelta(hours=hours):
+        return "warn", f"newest backup {latest.pk} is {age.total_seconds() / 3600:.0f} h old (more than {hours:g} h)"
+    return "pass", f"backup {latest.pk} of {latest.created_at:%Y-%m-%d %H:%M} UTC is fresh and restorable"
 
 
 def staging_names(backup: Backup) -> tuple[str, str]:
@@ -495,14 +524,11 @@ def _swap_databases(tenant, staging: str) -> None:
 
 
 def enforce_retention(*, now=None) -> list[int]:
-    """Delete the files of backups past their expiry; the rows stay, marked expired."""
-    now = now or timezone.now()
-    expired = []
-    for backup in Backup.dangerously_all_tenants.filter(status=Backup.Status.OK, expires_at__lte=now):
-        region_storage(backup.region).delete(backup.storage_name)
-        Backup.dangerously_all_tenants.filter(pk=backup.pk).update(status=Backup.Status.EXPIRED)
-        expired.append(backup.pk)
-    return expired
+    """Delete the files of backups past their expiry (or past their plan's retention now);
+    the rows stay, marked expired, each with an ExpiredFile record (runtime/lifecycle.py)."""
+    from runtime import lifecycle
+
+    return lifecycle.expire_backups(now=now)
 
 
 EXPORT_SALT = "levqor.backup-export"
@@ -518,8 +544,6 @@ def export_url(backup: Backup, *, request, actor: str) -> dict:
         raise APIError("invalid_state", f"backup {backup.pk} is {backup.status}", status_code=409)
     storage = region_storage(backup.region)
     expires = timezone.now() + timedelta(seconds=EXPORT_SECONDS)
-    from runtime.storage import presigns
-
     if presigns(storage):
         url = storage.url(backup.storage_name, expire=EXPORT_SECONDS)
         audit.record("backup.exported", tenant_id=backup.tenant_id, actor=actor,

@@ -5,7 +5,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from runtime import backups
-from runtime.api_backups import backup_json
+from runtime.api import backup_json
 from runtime.models import Backup
 from tenants.portal import _act, _can, _posted_id, portal_page
 

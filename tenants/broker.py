@@ -5,12 +5,19 @@ demand from the tenant's encrypted DSN, so no tenant database is configured in
 settings and no DSN sits in clear anywhere. Also owns the server-level operations on
 tenant databases (create from the template database, drop), which need a maintenance
 connection outside any transaction.
+
+Where a region's server is comes from the region map (`server_config`), not from the
+stored DSN: a tenant alias takes its database, role and options from its DSN and its
+host and port from its region's current server. A failover (runtime/dr.py) therefore
+repoints every tenant database of a region by writing one RegionState row.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from urllib.parse import quote
 
@@ -43,7 +50,7 @@ def alias_for(tenant) -> str:
 
         # Platform lookup by the tenant's own id: the context is being built.
         record = TenantDatabase.dangerously_all_tenants.get(tenant_id=tenant.id)
-        register(alias, secrets.decrypt(record.dsn_encrypted))
+        register(alias, secrets.decrypt(record.dsn_encrypted), region=record.region)
     ensure_connection_object(alias)
     return alias
 
@@ -52,9 +59,12 @@ def alias_for(tenant) -> str:
 # not configuration, they come and go with tenants. Each thread gets its own wrapper on
 # first use, like Django's own per-thread connections.
 _configs: dict[str, dict] = {}
+_regions: dict[str, str] = {}  # alias -> region whose current server it connects to
 
 
-def register(alias: str, dsn: str) -> None:
+def register(alias: str, dsn: str, *, region: str | None = None) -> None:
+    """Register `alias` from `dsn`. With `region`, the host and port follow the region's
+    current server (see module docstring); without, the DSN's own server is used."""
     with _lock:
         if alias in _configs:
             return
@@ -66,17 +76,40 @@ def register(alias: str, dsn: str) -> None:
         config.pop("SCHEMA", None)
         config["OPTIONS"] = {**parsed.get("OPTIONS", {})}
         _configs[alias] = config
+        if region is not None:
+            _regions[alias] = region
+
+
+def _address(db: dict) -> tuple[str, str]:
+    return str(db.get("HOST") or ""), str(db.get("PORT") or "")
 
 
 def ensure_connection_object(alias: str) -> None:
-    """Give this thread a connection wrapper for `alias` (no network until first query)."""
-    if getattr(connections._connections, alias, None) is not None:
-        return
+    """Give this thread a connection wrapper for `alias` (no network until first query).
+
+    Called on every routed query, so it is also where a thread lets go of a region's
+    former primary: a wrapper whose server is no longer the region's current one is
+    closed and replaced, unless a transaction is open on it (that transaction must end,
+    and fail, where it started)."""
     config = _configs.get(alias)
     if config is None:
         raise LookupError(f"database alias {alias} is not registered with the broker")
+    region = _regions.get(alias)
+    host, port = _address(server_config(region)) if region is not None else _address(config)
+    conn = getattr(connections._connections, alias, None)
+    if conn is not None:
+        if _address(conn.settings_dict) == (host, port) or conn.in_atomic_block:
+            return
+        _close_quietly(conn)
     backend = load_backend(config["ENGINE"])
-    connections[alias] = backend.DatabaseWrapper(copy.deepcopy(config), alias)
+    connections[alias] = backend.DatabaseWrapper({**copy.deepcopy(config), "HOST": host, "PORT": port}, alias)
+
+
+def _close_quietly(conn) -> None:
+    try:
+        conn.close()
+    except Exception:  # its server is gone: nothing to close cleanly
+        logger.debug("closing %s failed", conn.alias, exc_info=True)
 
 
 def registered_aliases() -> list[str]:
@@ -99,15 +132,13 @@ def forget(alias: str) -> None:
     with _lock:
         conn = getattr(connections._connections, alias, None)
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # already gone with its database
-                logger.debug("closing %s failed", alias, exc_info=True)
+            _close_quietly(conn)  # already gone with its database
             try:
                 delattr(connections._connections, alias)
             except AttributeError:
                 pass
         _configs.pop(alias, None)
+        _regions.pop(alias, None)
 
 
 # --- server-level operations -------------------------------------------------------
@@ -116,7 +147,49 @@ TEMPLATE_ALIAS = "tenant_template"
 
 
 def server_config(region_name: str) -> dict:
-    return settings.LEVQOR_REGIONS[region_name].database
+    """The region's primary server now: its promoted replica after a failover, else the
+    server LEVQOR_REGIONS configures.
+
+    A RegionState row is in force only while the settings still name its server as the
+    region's replica. Once the operator writes the new topology into LEVQOR_REGIONS (the
+    promoted server as primary, a new replica), the row has nothing left to say, so a
+    stale row can never override a later configuration."""
+    region = settings.LEVQOR_REGIONS[region_name]
+    promoted = _promoted_servers().get(region_name)
+    if promoted is not None and region.replica_url and _address(promoted) == _url_address(region.replica_url):
+        return promoted
+    return region.database
+
+
+@functools.lru_cache(maxsize=64)
+def _url_address(url: str) -> tuple[str, str]:
+    return _address(dj_database_url.parse(url))
+
+
+# Each process trusts its copy of the failed-over regions for LEVQOR_REGION_MAP_SECONDS:
+# the bound on how long another process keeps connecting to a former primary.
+_region_map: dict = {"loaded_at": float("-inf"), "promoted": {}}
+
+
+def _promoted_servers() -> dict[str, dict]:
+    if time.monotonic() - _region_map["loaded_at"] < settings.LEVQOR_REGION_MAP_SECONDS:
+        return _region_map["promoted"]
+    from runtime.models import RegionState  # the runtime app records failovers; the broker follows them
+
+    promoted = {row.region: dj_database_url.parse(secrets.decrypt(row.database_url_encrypted))
+                for row in RegionState.objects.all()}
+    _region_map["promoted"] = promoted  # before the time: a reader seeing a fresh time sees these rows
+    _region_map["loaded_at"] = time.monotonic()
+    return promoted
+
+
+def refresh_region_map() -> None:
+    """Reload the region map now (after a failover in this process) and replace this
+    thread's wrappers that still point at a region's former primary."""
+    _region_map["loaded_at"] = float("-inf")
+    for alias in list(_regions):
+        if getattr(connections._connections, alias, None) is not None:
+            ensure_connection_object(alias)
 
 
 def database_dsn(server: dict, name: str) -> str:

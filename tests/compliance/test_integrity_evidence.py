@@ -23,15 +23,39 @@ def _statuses(run):
 
 
 @pytest.mark.parametrize("plan", ["core", "enterprise"])
-def test_a_healthy_tenant_passes_with_unbuilt_checks_marked_skipped(make_tenant, plan):
+def test_a_healthy_tenant_passes_every_check_once_it_has_a_backup(make_tenant, plan, region_storage):
+    from runtime import backups
+
     tenant, key = make_tenant(plan=plan)
+    first = client_for(key, tenant).post("/api/org/integrity")
+    assert first.status_code == 201 and first.json()["status"] == "warn"
+    assert {r["check"]: (r["status"], r["detail"]) for r in first.json()["results"]}["backups"] == ("warn", "no backup yet")
+
+    backups.backup_tenant(tenant=tenant, actor="test")
     response = client_for(key, tenant).post("/api/org/integrity")
     assert response.status_code == 201
     assert response.json()["status"] == "pass"
     statuses = {r["check"]: r["status"] for r in response.json()["results"]}
     assert statuses == {"audit_chain": "pass", "isolation": "pass", "migrations": "pass", "policy_file": "pass",
-                        "key_rotation": "pass", "open_alerts": "pass", "backups": "skipped", "sso_mfa": "pass"}
+                        "key_rotation": "pass", "open_alerts": "pass", "backups": "pass", "sso_mfa": "pass"}
     assert AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant.id, event="integrity.checked").exists()
+
+
+def test_a_stale_or_damaged_backup_is_caught(make_tenant, region_storage):
+    from runtime import backups
+    from runtime.models import Backup
+
+    tenant, _ = make_tenant()
+    backup = backups.backup_tenant(tenant=tenant, actor="test")
+    Backup.dangerously_all_tenants.filter(pk=backup.pk).update(created_at=timezone.now() - timedelta(days=3))
+    run = integrity_run(tenant=tenant, actor="test")
+    assert _statuses(run)["backups"] == "warn" and "h old" in {r["check"]: r["detail"] for r in run.results}["backups"]
+
+    stored = region_storage / tenant.region / backup.storage_name
+    stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")  # bit rot in the stored archive
+    run = integrity_run(tenant=tenant, actor="test")
+    assert run.status == "fail" and _statuses(run)["backups"] == "fail"
+    assert "checksum" in {r["check"]: r["detail"] for r in run.results}["backups"]
 
 
 def _tamper(sql, params=()):
