@@ -82,7 +82,7 @@ def process(event_id: str, event_type: str, obj: dict) -> str:
     """Apply one verified event exactly once; returns what happened, in words."""
     from tenants.models import TenantBilling
 
-    handler = HANDLERS.get(event_type)
+    handlers = ([HANDLERS[event_type]] if event_type in HANDLERS else []) + _registered.get(event_type, [])
     customer = obj.get("customer") if event_type != "customer.deleted" else obj.get("id")
     if isinstance(customer, dict):
         customer = customer.get("id")
@@ -92,12 +92,13 @@ def process(event_id: str, event_type: str, obj: dict) -> str:
         with transaction.atomic():
             record = WebhookEvent.objects.create(event_id=event_id, type=event_type,
                                                  tenant_id=billing.tenant_id if billing else None, outcome="processing")
-            if handler is None:
+            if not handlers:
                 outcome = "ignored: not an event Levqor acts on"
             elif billing is None:
                 outcome = "ignored: no tenant has this customer"
             else:
-                outcome = handler(billing, obj)
+                outcomes = [handler(billing, obj) for handler in handlers]
+                outcome = "; ".join(o for o in outcomes if o) or "ignored: not an object Levqor made"
             record.outcome = outcome[:200]
             record.save(update_fields=["outcome"])
     except IntegrityError:
@@ -139,9 +140,12 @@ def _subscription_updated(billing, sub: dict) -> str:
     plan = None
     for item in (sub.get("items") or {}).get("data") or []:
         plan = catalog.plan_for_price(item.get("price") or {}) or plan
+    if plan is None and billing.stripe_subscription_id and sub.get("id") != billing.stripe_subscription_id:
+        # Another subscription of the customer (a recurring marketplace module): not the plan's.
+        return None
     if plan and plan != tenant.plan:
         before = tenant.plan
-        services.tenant_change_plan(tenant=tenant, plan=plan, actor=ACTOR)
+        services.tenant_change_plan(tenant=tenant, plan=plan, actor=ACTOR, from_billing=True)
         notes.append(f"plan {before} -> {plan}")
     status = _STATUS.get(sub.get("status", ""), billing.status)
     billing.stripe_subscription_id = sub.get("id") or billing.stripe_subscription_id
@@ -202,6 +206,19 @@ def _customer_deleted(billing, customer: dict) -> str:
     note = _start_grace(billing, reason="Stripe customer deleted")
     billing.save()
     return note or "customer deleted"
+
+
+# Apps above billing act on events too (the marketplace on its checkouts and refunds)
+# without billing importing them: `register_handler(event_type, handler)` from their
+# AppConfig.ready(). A handler takes (billing, obj), runs inside the event's transaction
+# after billing's own, and returns what it did, or None when the object is not its own.
+_registered: dict[str, list] = {}
+
+
+def register_handler(event_type: str, handler) -> None:
+    handlers = _registered.setdefault(event_type, [])
+    if handler not in handlers:
+        handlers.append(handler)
 
 
 HANDLERS = {

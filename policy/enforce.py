@@ -12,8 +12,10 @@ from policy.engine import Decision, decide
 
 
 def authorize(*, tenant_id: int, plan: str, role: str | None, action: str, actor: str,
-              resource: str = "", request=None) -> Decision:
-    decision = decide(plan=plan, role=role or "none", action=action)
+              resource: str = "", request=None, features: frozenset = frozenset()) -> Decision:
+    """`features`: what the tenant holds beyond its plan (the context's `granted`); a
+    feature gate is met by the plan or by these."""
+    decision = decide(plan=plan, role=role or "none", action=action, granted=features)
     if not decision.allowed:
         deny(tenant_id=tenant_id, plan=plan, role=role, action=action, actor=actor, resource=resource,
              rationale=decision.rationale, request=request)

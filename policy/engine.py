@@ -7,7 +7,8 @@ with a rationale a person can read. The order of the rules is the whole policy:
 1. an action missing from the catalog is denied (default deny);
 2. `default.deny` denies for every role (deny beats allow);
 3. the role's `deny`, then its `allow` or `default.allow`; nothing matching is a deny;
-4. the action's plan `feature`, when it names one, must be in the plan.
+4. the action's plan `feature`, when it names one, must be in the plan, or granted to
+   the tenant on its own (`granted`: a marketplace module it bought).
 
 Patterns are `resource:verb` with `*` wildcards (`workflows:*`, `*:read`, `*`).
 To add an action: put it in `actions` (with `feature` if a plan gates it) and give it
@@ -112,14 +113,14 @@ class Policy:
         self.plans: dict = data["plans"]
         self._cache: dict[tuple[str, str, str], Decision] = {}
 
-    def decide(self, *, plan: str, role: str, action: str) -> Decision:
-        key = (plan, role, action)
+    def decide(self, *, plan: str, role: str, action: str, granted: frozenset = frozenset()) -> Decision:
+        key = (plan, role, action, granted) if granted else (plan, role, action)
         decision = self._cache.get(key)
         if decision is None:
-            decision = self._cache[key] = self._decide(plan, role, action)
+            decision = self._cache[key] = self._decide(plan, role, action, granted)
         return decision
 
-    def _decide(self, plan: str, role: str, action: str) -> Decision:
+    def _decide(self, plan: str, role: str, action: str, granted: frozenset = frozenset()) -> Decision:
         def deny(why: str) -> Decision:
             return Decision(False, why, action, role, plan)
 
@@ -140,7 +141,7 @@ class Policy:
         if plan_spec is None:
             return deny(f"unknown plan {plan}")
         feature = spec.get("feature")
-        if feature and feature not in plan_spec["features"]:
+        if feature and feature not in plan_spec["features"] and feature not in granted:
             return deny(f"plan {plan} lacks feature {feature}")
         return Decision(True, f"role {role} may {action} on plan {plan}", action, role, plan)
 
@@ -159,5 +160,5 @@ def get_policy() -> Policy:
     return Policy(load())
 
 
-def decide(*, plan: str, role: str, action: str) -> Decision:
-    return get_policy().decide(plan=plan, role=role, action=action)
+def decide(*, plan: str, role: str, action: str, granted: frozenset = frozenset()) -> Decision:
+    return get_policy().decide(plan=plan, role=role, action=action, granted=granted)

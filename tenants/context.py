@@ -29,8 +29,9 @@ class TenantContext:
     region: str
     isolation: str  # "schema" | "database"
     db_alias: str | None = None  # set for isolation == "database"
-    features: frozenset = field(default_factory=frozenset)
+    features: frozenset = field(default_factory=frozenset)  # the plan's, plus `granted`
     limits: dict = field(default_factory=dict)
+    granted: frozenset = field(default_factory=frozenset)  # held beyond the plan (bought modules)
 
 
 _current: contextvars.ContextVar[TenantContext | None] = contextvars.ContextVar("levqor_tenant", default=None)
@@ -47,11 +48,28 @@ def current_tenant_or_none() -> TenantContext | None:
     return _current.get()
 
 
+# Features a tenant holds beyond its plan's, such as a marketplace module it bought.
+# Apps above tenants/ register a function tenant_id -> iterable of feature names; the
+# context (and so the policy engine) sees the union. A source must read shared tables
+# only (no tenant context is set while a context is being built).
+_feature_sources: list = []
+
+
+def register_feature_source(source) -> None:
+    if source not in _feature_sources:
+        _feature_sources.append(source)
+
+
+def granted_features(tenant_id: int) -> frozenset:
+    return frozenset(feature for source in _feature_sources for feature in source(tenant_id))
+
+
 def build_context(tenant) -> TenantContext:
     from policy.plans import plan_features, plan_limits
     from tenants import broker
 
     db_alias = broker.alias_for(tenant) if tenant.isolation == "database" else None
+    granted = granted_features(tenant.id)
     return TenantContext(
         id=tenant.id,
         slug=tenant.slug,
@@ -62,8 +80,9 @@ def build_context(tenant) -> TenantContext:
         region=tenant.region,
         isolation=tenant.isolation,
         db_alias=db_alias,
-        features=frozenset(plan_features(tenant.plan)),
+        features=frozenset(plan_features(tenant.plan)) | granted,
         limits=plan_limits(tenant.plan),
+        granted=granted,
     )
 
 

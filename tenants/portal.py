@@ -55,7 +55,7 @@ def portal_page(action: str):
                 request.tenant, request.member, request.principal = ctx, member, principal
                 try:
                     authorize(tenant_id=ctx.id, plan=ctx.plan, role=member.role, action=action, actor=principal.actor,
-                              resource=request.path, request=request)
+                              resource=request.path, request=request, features=ctx.granted)
                 except APIError as exc:
                     return render(request, "portal/denied.html", {"tenant": tenant, "rationale": exc.message}, status=403)
                 return view(request, *args, **kwargs)

@@ -22,7 +22,8 @@ destination `obj_123`, shipping costs) are reset to what a fresh object carries.
 Modelled:
   * `/v1` endpoints for the account, products, prices, billing meters, meter events and
     their summaries, customers (with `search`), subscriptions and their items, invoices,
-    billing-portal and checkout sessions, connected accounts, transfers and their balance
+    billing-portal and checkout sessions (with `expire`), the payment intent and charge a
+    payment-mode checkout makes, refunds, connected accounts, transfers and their balance
     transactions, webhook endpoints and events, plus the empty product-features list
     dj-stripe asks for (the table is `LocalStripe._build_routes`).
   * Stripe's request conventions: `Bearer sk_test_...` or Basic auth; bracket-notation
@@ -41,8 +42,9 @@ Modelled:
     as Stripe signs; `server.deliveries` records each attempt.
   * Test controls under `/_local/` (no auth) and as methods, standing in for the
     dashboard and test clocks: change a subscription's price, create a paid or failed
-    invoice (driving `past_due` and back), complete a checkout session, cancel a
-    subscription; `fail_next()` injects errors. Portal and checkout session `url`s
+    invoice (driving `past_due` and back), complete a checkout session, decline its
+    payment (`fail_checkout_payment`: payment_intent.payment_failed, the session stays
+    open), cancel a subscription; `fail_next()` injects errors. Portal and checkout session `url`s
     are small HTML pages a browser can follow (checkout's "Pay" redirects to
     `success_url`).
 
@@ -55,7 +57,8 @@ pull request #16292, which also notes `Stripe-Should-Retry: false`). This server
 answers exactly that and counts the event once; identifiers stay taken for the
 server's lifetime. Callers should treat that rejection as "already recorded".
 
-Not modelled: payments, cards, payment intents, charges, refunds, taxes, coupons,
+Not modelled: cards and payment methods, payment intents and charges other than a
+checkout's (no `/v1/payment_intents` create or confirm), disputes, taxes, coupons,
 prorations and proration invoices, trials, test clocks (periods never roll over;
 invoices appear only through `create_invoice` or a completed subscription checkout),
 `expand` (ignored: ids stay ids), API-version differences, search's indexing delay
@@ -154,18 +157,35 @@ _FRESH: dict[str, Json] = {
     "webhook_endpoint": {"description": None, "api_version": None, "application": None},
     "billing.meter": {"event_time_window": None},
     "transfer": {"source_type": "card", "description": None},
+    "payment_intent": {
+        "application": None, "application_fee_amount": None, "canceled_at": None, "cancellation_reason": None,
+        "description": None, "last_payment_error": None, "next_action": None, "on_behalf_of": None,
+        "payment_method": None, "processing": None, "receipt_email": None, "review": None, "shipping": None,
+        "source": None, "statement_descriptor": None, "statement_descriptor_suffix": None,
+        "transfer_data": None, "transfer_group": None, "customer_account": None,
+        "payment_method_configuration_details": None, "managed_payments": {"enabled": False},
+    },
+    "charge": {
+        "application": None, "application_fee": None, "application_fee_amount": None, "description": None,
+        "failure_balance_transaction": None, "on_behalf_of": None, "receipt_email": None, "receipt_number": None,
+        "review": None, "shipping": None, "source": None, "source_transfer": None, "transfer_data": None,
+        "transfer_group": None, "statement_descriptor": None, "statement_descriptor_suffix": None,
+    },
+    "refund": {"destination_details": {"card": {"type": "refund"}, "type": "card"}, "source_transfer_reversal": None,
+               "transfer_reversal": None, "customer": None, "customer_account": None, "payment_method": None},
 }
 _REQUIRED_FIXTURES = (
     "account", "balance_transaction", "billing.meter", "billing.meter_event", "billing.meter_event_summary",
-    "billing_portal.session", "checkout.session", "customer", "deleted_customer", "deleted_webhook_endpoint",
-    "event", "invoice", "line_item", "plan", "price", "product", "subscription", "subscription_item", "transfer",
-    "webhook_endpoint",
+    "billing_portal.session", "charge", "checkout.session", "customer", "deleted_customer", "deleted_webhook_endpoint",
+    "event", "invoice", "line_item", "payment_intent", "plan", "price", "product", "refund", "subscription",
+    "subscription_item", "transfer", "webhook_endpoint",
 )
 # What Stripe calls each kind in "No such <name>: '<id>'".
 _NOUN = {
     "customer": "customer", "product": "product", "price": "price", "subscription": "subscription",
     "subscription_item": "subscription item", "invoice": "invoice", "billing.meter": "billing meter",
     "checkout.session": "checkout.session", "account": "account", "transfer": "transfer",
+    "payment_intent": "payment_intent", "charge": "charge", "refund": "refund",
     "webhook_endpoint": "webhook endpoint", "event": "event",
 }
 _SUBSCRIPTION_STATUSES = {"active", "past_due", "unpaid", "canceled", "incomplete", "incomplete_expired",
@@ -528,6 +548,7 @@ class LocalStripe:
         self._deleted_customers: dict[str, Json] = {}
         self._endpoint_secrets: dict[str, str] = {}
         self._checkout_lines: dict[str, list[tuple[Json, int | None]]] = {}
+        self._checkout_intent_metadata: dict[str, dict[str, str]] = {}
         self._idempotency: dict[str, tuple[str, str, Json, _Reply]] = {}
         self._requests: list[tuple[str, str, Json]] = []
         self._deliveries: list[Delivery] = []
@@ -598,6 +619,18 @@ class LocalStripe:
         with self._lock:
             return copy.deepcopy(self._complete_checkout(session_id))
 
+    def fail_checkout_payment(self, session_id: str, decline_code: str = "card_declined") -> Json:
+        """The customer's card is declined on the checkout page: charge.failed and
+        payment_intent.payment_failed; the session stays open (they may try another card).
+        Returns the payment intent."""
+        with self._lock:
+            return copy.deepcopy(self._fail_checkout_payment(session_id, decline_code))
+
+    def expire_checkout(self, session_id: str) -> Json:
+        """What Stripe does 24 hours after an unpaid session was created (or on `expire`)."""
+        with self._lock:
+            return copy.deepcopy(self._expire_checkout_session({}, session_id))
+
     def cancel_subscription(self, subscription_id: str) -> Json:
         with self._lock:
             return copy.deepcopy(self._cancel_subscription(self._get("subscription", subscription_id)))
@@ -645,6 +678,13 @@ class LocalStripe:
             ("POST", "/v1/checkout/sessions", self._create_checkout_session),
             ("GET", "/v1/checkout/sessions", self._list_checkout_sessions),
             ("GET", f"/v1/checkout/sessions/{ident}", self._retriever("checkout.session")),
+            ("POST", f"/v1/checkout/sessions/{ident}/expire", self._expire_checkout_session),
+            ("GET", f"/v1/payment_intents/{ident}", self._retriever("payment_intent")),
+            ("GET", "/v1/charges", self._list_charges),
+            ("GET", f"/v1/charges/{ident}", self._retriever("charge")),
+            ("POST", "/v1/refunds", self._create_refund),
+            ("GET", "/v1/refunds", self._list_refunds),
+            ("GET", f"/v1/refunds/{ident}", self._retriever("refund")),
             ("POST", "/v1/transfers", self._create_transfer),
             ("GET", "/v1/transfers", self._list_transfers),
             ("GET", f"/v1/transfers/{ident}", self._retriever("transfer")),
@@ -660,6 +700,7 @@ class LocalStripe:
             ("POST", "/_local/invoices", self._local_create_invoice),
             ("GET", f"/_local/checkout/{ident}", self._checkout_page),
             ("POST", f"/_local/checkout/{ident}/complete", self._local_complete_checkout),
+            ("POST", f"/_local/checkout/{ident}/fail", self._local_fail_checkout),
             ("GET", f"/_local/portal/{ident}", self._portal_page),
         ]
         return [(method, re.compile(pattern + "$"), handler) for method, pattern, handler in table]
@@ -1640,6 +1681,9 @@ class LocalStripe:
                        expires_at=session["created"] + 86400, invoice=None, subscription=None,
                        url=f"{self.url}/_local/checkout/{session['id']}")
         self._checkout_lines[session["id"]] = lines
+        intent_data = params.get("payment_intent_data") if mode == "payment" else params.get("subscription_data")
+        if isinstance(intent_data, dict) and intent_data.get("metadata") is not None:
+            self._checkout_intent_metadata[session["id"]] = _merge_metadata({}, intent_data.get("metadata"))
         return self._put("checkout.session", session)
 
     def _list_checkout_sessions(self, params: Json) -> Json:
@@ -1681,13 +1725,127 @@ class LocalStripe:
             assert customer_id is not None
             specs: list[Any] = [{"price": p["id"], **({"quantity": str(q)} if q is not None else {})}
                                 for p, q in recurring_lines]
-            subscription = self._create_subscription(customer_id, specs, {"metadata": session["metadata"]})
+            # subscription_data[metadata] when the session was given it (as at Stripe); else,
+            # as this server always did, the session's own metadata.
+            metadata = self._checkout_intent_metadata.get(session_id, session["metadata"])
+            subscription = self._create_subscription(customer_id, specs, {"metadata": metadata})
             invoice = self._local_create_invoice({"subscription": subscription["id"], "paid": "true"})
             session.update(subscription=subscription["id"], invoice=invoice["id"])
         elif session["mode"] == "payment":
-            session["payment_intent"] = new_id("pi", 24)
+            intent = self._checkout_intent(session)
+            charge = self._new_charge(intent, paid=True)
+            intent.update(status="succeeded", amount_received=intent["amount"], last_payment_error=None,
+                          latest_charge=charge["id"], payment_method=charge["payment_method"])
+            self._emit("charge.succeeded", charge)
+            self._emit("payment_intent.succeeded", intent)
         self._emit("checkout.session.completed", session)
         return session
+
+    # --- payment intents, charges and refunds (of payment-mode checkouts) -------------------
+
+    def _checkout_intent(self, session: Json) -> Json:
+        """The session's payment intent, made on the first payment attempt and reused by the next."""
+        existing = self._store.get("payment_intent", {}).get(session["payment_intent"] or "")
+        if existing is not None:
+            return existing
+        intent = self._fresh("payment_intent", new_id("pi", 24))
+        intent.update(amount=session["amount_total"] or 0, amount_capturable=0, amount_received=0,
+                      currency=session["currency"], customer=session["customer"], status="requires_payment_method",
+                      capture_method="automatic_async", confirmation_method="automatic", latest_charge=None,
+                      payment_method_types=["card"], setup_future_usage=None,
+                      metadata=copy.deepcopy(self._checkout_intent_metadata.get(session["id"], {})))
+        intent["client_secret"] = f"{intent['id']}_secret_{new_id('s', 24)[2:]}"
+        session["payment_intent"] = intent["id"]
+        return self._put("payment_intent", intent)
+
+    def _new_charge(self, intent: Json, *, paid: bool, decline_code: str | None = None) -> Json:
+        charge = self._fresh("charge", new_id("ch", 24))
+        charge.update(amount=intent["amount"], amount_captured=intent["amount"] if paid else 0, amount_refunded=0,
+                      captured=paid, paid=paid, refunded=False, status="succeeded" if paid else "failed",
+                      currency=intent["currency"], customer=intent["customer"], payment_intent=intent["id"],
+                      metadata=copy.deepcopy(intent["metadata"]), payment_method=new_id("pm", 24),
+                      balance_transaction=new_id("txn", 24) if paid else None, disputed=False,
+                      failure_code=None if paid else decline_code,
+                      failure_message=None if paid else "Your card was declined.",
+                      outcome={**charge["outcome"], "type": "authorized" if paid else "issuer_declined",
+                               "network_status": "approved_by_network" if paid else "declined_by_network",
+                               "reason": None if paid else "generic_decline",
+                               "seller_message": "Payment complete." if paid else "The bank did not return any "
+                               "further details with this decline."},
+                      refunds={"object": "list", "data": [], "has_more": False, "url": f"/v1/charges/{charge['id']}/refunds"})
+        return self._put("charge", charge)
+
+    def _fail_checkout_payment(self, session_id: str, decline_code: str) -> Json:
+        session = self._get("checkout.session", session_id)
+        if session["status"] != "open" or session["mode"] != "payment":
+            raise _invalid("id", f"This checkout session is {session['status']} ({session['mode']} mode); only an "
+                                 "open payment-mode session takes a payment attempt.")
+        intent = self._checkout_intent(session)
+        charge = self._new_charge(intent, paid=False, decline_code=decline_code)
+        intent.update(status="requires_payment_method", latest_charge=charge["id"], last_payment_error={
+            "type": "card_error", "code": "card_declined", "decline_code": decline_code, "charge": charge["id"],
+            "message": "Your card was declined.", "doc_url": "https://stripe.com/docs/error-codes/card-declined",
+            "param": None, "payment_method": {"id": charge["payment_method"], "object": "payment_method"}})
+        self._emit("charge.failed", charge)
+        self._emit("payment_intent.payment_failed", intent)
+        return intent
+
+    def _local_fail_checkout(self, params: Json, id: str) -> Json:  # noqa: A002
+        return self._fail_checkout_payment(id, _str(params, "decline_code") or "card_declined")
+
+    def _expire_checkout_session(self, params: Json, id: str) -> Json:  # noqa: A002
+        session = self._get("checkout.session", id)
+        if session["status"] != "open":
+            raise _invalid("id", f"Only Checkout Sessions with a status of `open` can be expired; this one is "
+                                 f"`{session['status']}`.")
+        session.update(status="expired", url=None)
+        self._emit("checkout.session.expired", session)
+        return session
+
+    def _list_charges(self, params: Json) -> Json:
+        customer, intent = _str(params, "customer"), _str(params, "payment_intent")
+        items = [c for c in self._newest_first("charge")
+                 if customer in (None, c["customer"]) and intent in (None, c["payment_intent"])]
+        return self._page("/v1/charges", items, params)
+
+    def _create_refund(self, params: Json) -> Json:
+        charge_id, intent_id = _str(params, "charge"), _str(params, "payment_intent")
+        if charge_id is None and intent_id is None:
+            raise _missing("charge")
+        if intent_id is not None:
+            intent = self._get("payment_intent", intent_id, param="payment_intent", status=400)
+            if intent["status"] != "succeeded" or not intent["latest_charge"]:
+                raise LocalStripeError(400, f"This PaymentIntent ({intent_id}) does not have a successful charge to "
+                                       "refund.", param="payment_intent", saved=False)
+            charge_id = charge_id or intent["latest_charge"]
+        charge = self._get("charge", charge_id, param="charge", status=400)
+        remaining = charge["amount_captured"] - charge["amount_refunded"]
+        if remaining <= 0:
+            raise LocalStripeError(400, f"Charge {charge['id']} has already been refunded.",
+                                   code="charge_already_refunded", saved=False)
+        amount = _int(params, "amount", remaining, minimum=1)
+        assert amount is not None
+        if amount > remaining:
+            raise _invalid("amount", f"Refund amount ({amount}) is greater than unrefunded amount on charge "
+                                     f"({remaining})", "amount_too_large")
+        reason = _str(params, "reason", choices=("duplicate", "fraudulent", "requested_by_customer"))
+        refund = self._fresh("refund", new_id("re", 24))
+        refund.update(amount=amount, charge=charge["id"], payment_intent=charge["payment_intent"],
+                      currency=charge["currency"], reason=reason, status="succeeded",
+                      balance_transaction=new_id("txn", 24), metadata=_merge_metadata({}, params.get("metadata")))
+        self._put("refund", refund)
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"]
+        charge["refunds"]["data"].insert(0, copy.deepcopy(refund))
+        self._emit("refund.created", refund)
+        self._emit("charge.refunded", charge)
+        return refund
+
+    def _list_refunds(self, params: Json) -> Json:
+        charge, intent = _str(params, "charge"), _str(params, "payment_intent")
+        items = [r for r in self._newest_first("refund")
+                 if charge in (None, r["charge"]) and intent in (None, r["payment_intent"])]
+        return self._page("/v1/refunds", items, params)
 
     def _local_complete_checkout(self, params: Json, id: str) -> Json | _Reply:  # noqa: A002
         session = self._complete_checkout(id)
