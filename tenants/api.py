@@ -15,7 +15,7 @@ from levqor.clientip import client_ip
 from levqor.errors import APIError
 from levqor.timeparse import parse_when
 from policy.enforce import authorize
-from tenants import selectors, services
+from tenants import legacy, selectors, services
 from tenants.api_base import TenantAPIView
 from tenants.context import current_tenant
 from tenants.models import Tenant, TenantKey, TenantUser
@@ -45,6 +45,9 @@ class TenantCollection(APIView):
     def post(self, request):
         principal = principal_for(request)
         if not _is_staff(principal):
+            if not legacy.signups_open():
+                raise APIError("signups_closed", "Sign-ups open when the migration to multi-tenancy completes (M4).",
+                               status_code=403)
             allowed, retry_after = ratelimit.hit(f"signup:{client_ip(request)}", settings.LEVQOR_SIGNUP_RATE)
             if not allowed:
                 raise APIError("rate_limited", "Too many signups from this client; try again later.", status_code=429,

@@ -10,7 +10,8 @@ The tenant comes from the `X-Tenant-ID` header (id or slug), the host
 
 and then the request runs inside `tenant_context()`: the contextvar, the connection
 (schema or database alias), plan limits and features. Platform routes run with no
-tenant context at all.
+tenant context at all. With TENANCY_ENABLED=false every tenant route runs as the one
+organization `levqor-main` (tenants/legacy.py).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import re
 from django.conf import settings
 
 from levqor.errors import error_response
-from tenants import hotcache
+from tenants import hotcache, legacy
 from tenants.context import tenant_context
 from tenants.models import Domain, Tenant
 from tenants.slugs import SLUG_RE
@@ -50,28 +51,44 @@ class TenantContextMiddleware:
     def __call__(self, request):
         # Platform routes carry no `request.tenant` at all (django-tenants' admin templates
         # read its absence as "public").
-        if not settings.TENANCY_ENABLED or not request.path_info.startswith(self.prefixes):
+        if not request.path_info.startswith(self.prefixes):
             return self.get_response(request)
 
-        header_ref, problem = self._from_header(request)
-        if problem:
-            return problem
-        host_ref = self._from_host(request)
-        ref = header_ref or host_ref
+        if not settings.TENANCY_ENABLED:
+            # Single-tenant mode: the one organization, wherever its data now lives
+            # (tenants/legacy.py); tenant headers and hosts are not consulted.
+            header_ref = host_ref = None
+            ref = TenantRef("slug", legacy.ORG_SLUG, "single_tenant")
+        else:
+            header_ref, problem = self._from_header(request)
+            if problem:
+                return problem
+            host_ref = self._from_host(request)
+            ref = header_ref or host_ref
+            if ref is None and legacy.headerless_fallback_open():  # until M4 closes the legacy path
+                ref = TenantRef("slug", legacy.ORG_SLUG, "legacy_fallback")
         if ref is None:
             return error_response(400, "tenant_required",
                                   "This route needs a tenant: send X-Tenant-ID or use the tenant's host name.")
         tenant, ctx = hotcache.tenant_for("id" if ref.kind == "custom_domain" else ref.kind, ref.value)
         if tenant is None:
+            if ref.source == "single_tenant":
+                return error_response(503, "single_tenant_not_set_up",
+                                      "TENANCY_ENABLED=false needs the organization levqor-main: run manage.py tenancy_m1.")
             return error_response(404, "tenant_not_found", "No such tenant.")
         if header_ref and host_ref and not host_ref.matches(tenant):
             return error_response(400, "tenant_context_conflict", "X-Tenant-ID and the host name name different tenants.")
+        request.metrics_tenant_id = tenant.id  # runtime/metrics.py counts the request for it, refusals included
         if tenant.status == Tenant.Status.SUSPENDED:
             return error_response(403, "tenant_suspended", "This tenant is suspended.")
         if tenant.status in (Tenant.Status.DELETING, Tenant.Status.DELETED):
             return error_response(403, "tenant_deleted", "This tenant has been deleted.")
         if tenant.status != Tenant.Status.ACTIVE:
             return error_response(409, "tenant_not_ready", "This tenant is still being provisioned.")
+        if tenant.hibernated_at is not None:
+            from runtime.hibernation import wake  # runtime sits above tenants; imported on this rare path only
+
+            wake(tenant)
         wait = hotcache.throttled_for(tenant.id)
         if wait:
             retry = max(1, int(wait + 0.999))

@@ -40,6 +40,10 @@ class Tenant(TenantMixin):
     provision_steps = models.JSONField(default=dict, blank=True)
     status_changed_at = models.DateTimeField(null=True, blank=True)
     purge_after = models.DateTimeField(null=True, blank=True)
+    # Written by the batched metrics flush, at most once per few minutes (runtime/metrics.py).
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    # Set by the daily hibernation task; the tenant middleware clears it on the next request.
+    hibernated_at = models.DateTimeField(null=True, blank=True)
 
     # Schemas and databases are created and dropped by the provisioning steps and the
     # purge task, never as a side effect of saving or deleting a row.
@@ -241,3 +245,23 @@ class FleetMigrationStatus(models.Model):
 
     class Meta:
         db_table = "tenant_fleet_migration_status"
+
+
+class TenancyMigrationStep(models.Model):
+    """One step of the migration from the single-tenant layout (M1-M4, rollback, drop).
+
+    `done_at` is when the step last completed; a rollback clears M2-M4 so the plan can be
+    run forward again. `details` keeps what the step found and did (counts, checksums,
+    history), for the runbook's status output. See tenants/legacy.py.
+    """
+
+    step = models.CharField(max_length=16, unique=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "tenancy_migration_state"
+
+    def __str__(self) -> str:
+        return f"{self.step}: {self.done_at or 'not done'}"
