@@ -25,6 +25,7 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 
 from compliance import audit
 from compliance.models import AuditEvent, EvidenceReport
+from levqor.taskqueue import send_after_commit
 
 DOWNLOAD_SALT = "levqor.evidence"
 DOWNLOAD_SECONDS = 600
@@ -47,7 +48,9 @@ def evidence_request(*, tenant, since: datetime, until: datetime, actor: str) ->
     with transaction.atomic():
         report = EvidenceReport(tenant_id=tenant.id, period_start=since, period_end=until, requested_by=actor)
         report.save(force_insert=True)
-        transaction.on_commit(lambda: generate_evidence.delay(report.pk))
+        # Broker down: no `pending` report that no worker will ever render (503 queue_unavailable).
+        send_after_commit(lambda: generate_evidence.delay(report.pk),
+                          undo=lambda: EvidenceReport.dangerously_all_tenants.filter(pk=report.pk).delete())
     return report
 
 
@@ -114,9 +117,10 @@ def generate(report_id: int) -> EvidenceReport:
     tenant = Tenant.objects.get(pk=report.tenant_id)
     try:
         integrity = integrity_run(tenant=tenant, actor="system:evidence")
-        events = list(AuditEvent.dangerously_all_tenants.filter(
-            tenant_id=tenant.id, ts__gte=report.period_start, ts__lt=report.period_end).order_by("seq"))
-        head = AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant.id).order_by("-seq").values("seq", "hash").first()
+        audit.seal_committed(tenant.id)  # the report lists chained events, up to the head in its footer
+        events = list(audit.sealed_events(tenant.id).filter(
+            ts__gte=report.period_start, ts__lt=report.period_end).order_by("seq"))
+        head = audit.sealed_events(tenant.id).order_by("-seq").values("seq", "hash").first()
         pdf = render_pdf(tenant=tenant, report=report, integrity=integrity, events=events, head=head)
         name = region_storage(tenant.region).save(f"evidence/{tenant.id}/report-{report.pk}.pdf", ContentFile(pdf))
     except Exception as exc:

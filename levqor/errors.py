@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions
 
@@ -61,6 +62,13 @@ def api_exception_handler(exc, context):
         return response
     if isinstance(exc, RequestDataTooBig):
         return error_response(413, "payload_too_large", "The request body is larger than allowed.")
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database is unreachable (restarting, failing over) or dropped the connection.
+        # A 503 tells the client to retry (docs/chaos.md); a connection lost during COMMIT
+        # leaves the outcome unknown, so writes that must not double carry their own keys.
+        logger.warning("database unavailable: %s", exc)
+        return error_response(503, "database_unavailable", "The database is unavailable. Retry shortly.",
+                              headers={"Retry-After": "2"})
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
