@@ -2,17 +2,7 @@
 from django.contrib import admin
 
 from billing.models import MeterReport, WebhookEvent
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+from levqor.admin_base import ReadOnlyAdmin
 
 
 @admin.register(MeterReport)

@@ -180,40 +180,44 @@ def _mirror(prices) -> None:
         Price.sync_from_stripe_data(price, api_key=settings.STRIPE_SECRET_KEY)
 
 
+# Ids read from Stripe, cached per process and per Stripe account (key and API base).
+_cache: dict[str, tuple[tuple, dict[str, str]]] = {}
+
+
+def _cached(name: str, load) -> dict[str, str]:
+    account = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE)
+    hit = _cache.get(name)
+    if hit is None or hit[0] != account:
+        hit = _cache[name] = (account, load(stripe_api.client()))
+    return hit[1]
+
+
+def _load_prices(c) -> dict[str, str]:
+    lookup_keys = [p.lookup_key for p in PLANS] + [m.lookup_key for m in METERED]
+    found = {p["lookup_key"]: p["id"] for p in stripe_api.call(c.v1.prices.list, params={
+        "lookup_keys": lookup_keys, "active": True, "limit": 100}).auto_paging_iter()}
+    missing = sorted(set(lookup_keys) - set(found))
+    if missing:
+        raise stripe_api.BillingUnavailable(
+            f"the Stripe catalog is not synced (missing {', '.join(missing)}): run manage.py billing_sync_catalog")
+    return found
+
+
+def _load_meters(c) -> dict[str, str]:
+    return {m["event_name"]: m["id"] for m in stripe_api.call(c.v1.billing.meters.list, params={
+        "status": "active", "limit": 100}).auto_paging_iter()}
+
+
 def price_ids() -> dict[str, str]:
-    """lookup key -> active price id, read from Stripe (cached per process)."""
-    global _price_cache
-    key = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE)
-    if _price_cache is None or _price_cache[0] != key:
-        c = stripe_api.client()
-        lookup_keys = [p.lookup_key for p in PLANS] + [m.lookup_key for m in METERED]
-        found = {p["lookup_key"]: p["id"] for p in stripe_api.call(c.v1.prices.list, params={
-            "lookup_keys": lookup_keys, "active": True, "limit": 100}).auto_paging_iter()}
-        missing = sorted(set(lookup_keys) - set(found))
-        if missing:
-            raise stripe_api.BillingUnavailable(
-                f"the Stripe catalog is not synced (missing {', '.join(missing)}): run manage.py billing_sync_catalog")
-        _price_cache = (key, found)
-    return _price_cache[1]
+    """lookup key -> active price id."""
+    return _cached("prices", _load_prices)
 
 
 def meter_ids() -> dict[str, str]:
-    """event name -> meter id, read from Stripe (cached per process)."""
-    global _meter_cache
-    key = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE)
-    if _meter_cache is None or _meter_cache[0] != key:
-        c = stripe_api.client()
-        found = {m["event_name"]: m["id"] for m in stripe_api.call(c.v1.billing.meters.list, params={
-            "status": "active", "limit": 100}).auto_paging_iter()}
-        _meter_cache = (key, found)
-    return _meter_cache[1]
+    """event name -> meter id."""
+    return _cached("meters", _load_meters)
 
 
 def forget() -> None:
     """Drop the cached ids (after a catalog sync, and between tests)."""
-    global _price_cache, _meter_cache
-    _price_cache = _meter_cache = None
-
-
-_price_cache: tuple | None = None
-_meter_cache: tuple | None = None
+    _cache.clear()

@@ -38,3 +38,32 @@ def portal_session(*, tenant_id: int, return_url: str, actor: str) -> str:
         "customer": row.stripe_customer_id, "return_url": return_url})
     audit.record("billing.portal_opened", tenant_id=tenant_id, actor=actor, metadata={"session": session["id"]})
     return session["url"]
+
+
+def move_subscription_to_plan(*, tenant, plan: str, actor: str) -> None:
+    """A plan change made by staff (API, admin, command) is made at Stripe first: the plan
+    item of the tenant's subscription moves to the new plan's price, prorated. Otherwise the
+    next subscription webhook would carry the old plan and undo the change. Stripe failing
+    stops the change (503 `billing_unavailable`); billing off or no subscription: nothing to do.
+    """
+    from billing import catalog
+    from tenants.models import TenantBilling
+
+    if not stripe_api.enabled():
+        return
+    row = TenantBilling.dangerously_all_tenants.filter(tenant_id=tenant.id).first()
+    if row is None or not row.stripe_subscription_id:
+        return
+    c = stripe_api.client()
+    subscription = stripe_api.call(c.v1.subscriptions.retrieve, row.stripe_subscription_id)
+    item = next((i for i in subscription["items"]["data"] if catalog.plan_for_price(i["price"])), None)
+    new_price = catalog.price_ids()[catalog.plan_product(plan).lookup_key]
+    if item is None:
+        items = [{"price": new_price, "quantity": 1}]
+    elif item["price"]["id"] == new_price:
+        return
+    else:
+        items = [{"id": item["id"], "price": new_price, "quantity": 1}]
+    stripe_api.call(c.v1.subscriptions.update, row.stripe_subscription_id, params={
+        "items": items, "proration_behavior": "create_prorations",
+        "metadata": {"levqor_plan": plan, "levqor_changed_by": actor[:100]}})

@@ -35,7 +35,7 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ("status", "plan", "region", "isolation")
     search_fields = ("slug", "name", "admin_email")
     readonly_fields = ("schema_name", "status", "isolation", "provision_ms", "provision_steps", "created_at",
-                       "status_changed_at", "purge_after")
+                       "status_changed_at", "purge_after", "last_seen_at", "hibernated_at")
     inlines = [DomainInline]
     actions = [_bulk(services.tenant_suspend, "suspended"), _bulk(services.tenant_resume, "resumed"),
                _bulk(services.tenant_delete, "deleted")]

@@ -20,12 +20,16 @@ from typing import Callable
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from levqor.faults import fault_point
 from tenants import hotcache
 
 logger = logging.getLogger(__name__)
+# Sent with `provisioning` once every step has run (runtime/alerting.py alerts on slow ones).
+# Sent robustly: an observer failing must not fail a signup that succeeded.
+provisioning_finished = Signal()
 
 
 @dataclass
@@ -47,6 +51,8 @@ class Provisioning:
     timings: dict = field(default_factory=dict)
     # What a step made outside our database (for example its Stripe ids), for its compensation.
     extras: dict = field(default_factory=dict)
+    # True when the reaper undoes a dead process's provisioning (its `extras` died with it).
+    reaping: bool = False
     started: float = field(default_factory=lambda: time.monotonic())
 
 
@@ -60,6 +66,11 @@ class Step:
 
 class SlugTaken(Exception):
     pass
+
+
+class StorageTaken(Exception):
+    """The tenant's schema or database name is already in use by something we did not make
+    (an orphan of an earlier failure): provisioning never adopts it, and never drops it."""
 
 
 _steps: dict[str, Step] = {}
@@ -96,6 +107,7 @@ def run(request: ProvisionRequest) -> Provisioning:
             except Exception:  # keep undoing the rest; the leftover is logged for staff
                 logger.exception("compensation of step %s failed for slug %s", step.name, request.slug)
         raise
+    provisioning_finished.send_robust(sender=Provisioning, provisioning=p)
     return p
 
 
@@ -117,7 +129,7 @@ def reap_stalled(*, older_than_seconds: int = STALLED_AFTER_SECONDS) -> list[str
     for tenant in Tenant.objects.filter(status=Tenant.Status.PROVISIONING, status_changed_at__lt=cutoff):
         p = Provisioning(request=ProvisionRequest(name=tenant.name, slug=tenant.slug, plan=tenant.plan,
                                                   region=tenant.region, actor="system:reaper",
-                                                  isolation=tenant.isolation), tenant=tenant)
+                                                  isolation=tenant.isolation), tenant=tenant, reaping=True)
         for step in reversed(registered_steps()):
             try:
                 step.compensate(p)
@@ -168,9 +180,15 @@ def _storage(p: Provisioning) -> None:
 
     tenant = p.tenant
     if tenant.isolation == "schema":
+        if blueprint.schema_exists(tenant.schema_name):
+            raise StorageTaken(tenant.schema_name)
+        p.extras["storage_created"] = tenant.schema_name
         blueprint.create_tenant_schema(tenant.schema_name)
         return
     name = broker.tenant_database_name(tenant.id)
+    if broker.database_exists(broker.server_config(tenant.region), name):
+        raise StorageTaken(name)
+    p.extras["storage_created"] = name
     dsn = blueprint.create_tenant_database(tenant.region, name)
     TenantDatabase.dangerously_all_tenants.update_or_create(
         tenant=tenant, defaults={"region": tenant.region, "name": name, "dsn_encrypted": secrets.encrypt(dsn)}
@@ -178,11 +196,18 @@ def _storage(p: Provisioning) -> None:
 
 
 def _storage_undo(p: Provisioning) -> None:
+    """Drop the schema or database this provisioning made, and nothing else.
+
+    The reaper (a dead process's provisioning, `extras` lost with it) drops the name the
+    tenant's row implies: the row is still `provisioning`, so nobody else can own it.
+    """
     from tenants import blueprint, broker
     from tenants.models import TenantDatabase
 
     tenant = p.tenant
     if tenant is None or not tenant.pk:
+        return
+    if not p.reaping and "storage_created" not in p.extras:
         return
     if tenant.isolation == "schema":
         blueprint.drop_tenant_schema(tenant.schema_name)

@@ -4,6 +4,7 @@ Each service takes the actor and records its audit event in its own transaction.
 """
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
@@ -18,6 +19,8 @@ from tenants import keys as keyring
 from tenants import provisioning
 from tenants.models import ROLES, PlatformKey, Tenant, TenantKey
 from tenants.slugs import slug_problem
+
+logger = logging.getLogger(__name__)
 
 
 def _invalid(field: str, message: str) -> APIError:
@@ -49,13 +52,33 @@ def tenant_create(*, name, slug, plan, region=None, admin_email="", actor: str) 
         return provisioning.run(request)
     except provisioning.SlugTaken:
         raise APIError("slug_taken", f"slug {slug!r} is taken", status_code=409) from None
+    except provisioning.StorageTaken as exc:
+        # An orphan schema or database from an earlier failure holds the name: it is never
+        # adopted (it may hold someone's rows) and is left for staff to inspect.
+        logger.error("provisioning %s refused: %s already exists and is not ours", slug, exc)
+        if isolation == Tenant.Isolation.SCHEMA:
+            raise APIError("slug_taken", f"slug {slug!r} is taken", status_code=409) from None
+        raise APIError("storage_conflict", "the tenant database could not be created; try again",
+                       status_code=503) from None
 
 
-def tenant_change_plan(*, tenant: Tenant, plan, actor: str) -> Tenant:
+# Called before a plan change is written, with (tenant, plan, actor): billing moves the
+# tenant's Stripe subscription to the new plan's price there. A hook that raises stops the
+# change, so the plan we serve and the plan we bill for never part.
+_plan_change_hooks: list = []
+
+
+def register_plan_change_hook(hook) -> None:
+    if hook not in _plan_change_hooks:
+        _plan_change_hooks.append(hook)
+
+
+def tenant_change_plan(*, tenant: Tenant, plan, actor: str, from_billing: bool = False) -> Tenant:
     """Change the plan; its limits and features apply from the tenant's next request.
 
     The isolation strategy stays as provisioned: moving between schema and database is
     a migration job of its own (copy, verify, switch), not a side effect of a plan change.
+    `from_billing` is set by the webhook that reports a change Stripe already made.
     """
     from policy.plans import plan_limits
     from tenants.models import TenantBilling, TenantRuntime
@@ -65,6 +88,9 @@ def tenant_change_plan(*, tenant: Tenant, plan, actor: str) -> Tenant:
     if plan == tenant.plan:
         return tenant
     previous = tenant.plan
+    if not from_billing:
+        for hook in _plan_change_hooks:
+            hook(tenant=tenant, plan=plan, actor=actor)
     with transaction.atomic():
         tenant.plan = plan
         tenant.save(update_fields=["plan"])

@@ -30,11 +30,28 @@ def _redis_per_worker():
     first = int(os.environ.get("LEVQOR_TEST_REDIS_DB", "8"))
     index = (first + int(worker.removeprefix("gw") or 0)) % 16
     base = settings.REDIS_URL.rsplit("/", 1)[0] if settings.REDIS_URL.count("/") >= 3 else settings.REDIS_URL
-    settings.REDIS_URL = f"{base}/{index}"
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = f"{base}/{index}"
+    point_celery(settings.REDIS_URL)  # tasks the tests send land in the worker's own database
     levqor_redis.client.cache_clear()
     levqor_redis.client().flushdb()
     yield
     levqor_redis.client.cache_clear()
+
+
+def point_celery(broker: str, backend: str | None = None) -> None:
+    """Send this process's Celery tasks to `broker` from now on.
+
+    The app reads its broker URL once and keeps a pool of connections to it, so changing
+    Django's setting alone leaves tasks going to the old Redis.
+    """
+    from levqor.celery import app
+
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+    app.conf.broker_url = broker
+    app.conf.result_backend = backend or broker
 
 
 def _maintenance():
@@ -99,6 +116,8 @@ def django_db_setup(django_db_blocker):
 
                 connections.close_all()
                 cursor.execute(f"COMMENT ON DATABASE \"{base}\" IS %s", [fingerprint])
+            # A run that was killed leaves its tenant databases behind: start from none.
+            _drop_databases_like(cursor, name[:40] + "\\_t%")
             for suffix in ("", "_tpl"):
                 cursor.execute(f'DROP DATABASE IF EXISTS "{name}{suffix}" WITH (FORCE)')
                 cursor.execute(f'CREATE DATABASE "{name}{suffix}" TEMPLATE "{base}{suffix}"')

@@ -142,3 +142,35 @@ def test_a_process_killed_mid_provisioning_is_rolled_back_by_the_reaper(plan):
     assert provisioning.reap_stalled(older_than_seconds=0) == [slug]
     assert _traces(slug, floor) == {key: False for key in _traces(slug, floor)}
     assert _tenant_databases() == databases_before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_orphan_database_with_the_new_tenants_name_is_neither_adopted_nor_dropped(settings):
+    """A leftover database (a crashed purge, a restored server) may hold someone's rows:
+    a new tenant that would get its name is refused with a clear 503, and a retry works."""
+    from rest_framework.test import APIClient
+
+    settings.LEVQOR_SIGNUP_RATE = "1000/hour"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('tenants', 'id'))")
+        next_id = cursor.fetchone()[0] + 1
+    orphan = broker.tenant_database_name(next_id)
+    server = broker.server_config(django_settings.LEVQOR_DEFAULT_REGION)
+    broker.create_database_from_template(server, orphan)
+    try:
+        slug = unique_slug("orphan")
+        floor = _max_tenant_id()
+        body = {"name": "Orphan", "slug": slug, "plan": "enterprise", "admin_email": "o@orphan.test"}
+        refused = APIClient().post("/api/tenants", body, format="json")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "storage_conflict"
+        assert broker.database_exists(server, orphan)  # not ours: kept for staff to inspect
+        assert _traces(slug, floor) == {key: False for key in _traces(slug, floor)}
+        retried = APIClient().post("/api/tenants", body, format="json")
+        assert retried.status_code == 201
+        tenant = Tenant.objects.get(slug=slug)
+        assert tenant.id != next_id
+        services.tenant_delete(tenant=tenant, actor="test")
+        services.tenant_purge(tenant=tenant, actor="test")
+    finally:
+        broker.drop_database(server, orphan)

@@ -112,6 +112,32 @@ def test_upgrade_and_downgrade_by_webhook_change_limits_on_the_next_request(bill
     assert mirrored.customer_id == billing.stripe_customer_id and mirrored.status == "active"
 
 
+def test_a_staff_plan_change_moves_the_stripe_subscription_and_the_next_webhook_keeps_it(
+        billing_on, make_tenant, staff_key):
+    """Staff change the plan through the API: the subscription's plan item moves to the new
+    price at Stripe first, so the webhook Stripe then sends confirms the change instead of
+    undoing it. Stripe failing refuses the change and leaves the plan as it was."""
+    tenant, key = make_tenant(plan="core")
+    billing = _billing(tenant)
+    prices = catalog.price_ids()
+    seen: set[str] = {e["id"] for e in billing_on.objects("event")}
+    staff = client_for(staff_key)
+
+    billing_on.fail_next("/v1/subscriptions", status=500, count=1)
+    refused = staff.post(f"/api/tenants/{tenant.id}/plan", {"plan": "pro"}, format="json")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "billing_unavailable"
+    assert Tenant.objects.get(pk=tenant.pk).plan == "core"
+
+    changed = staff.post(f"/api/tenants/{tenant.id}/plan", {"plan": "pro"}, format="json")
+    assert changed.status_code == 200 and changed.json()["plan"] == "pro"
+    subscription = next(s for s in billing_on.objects("subscription") if s["id"] == billing.stripe_subscription_id)
+    plan_prices = {i["price"]["id"] for i in subscription["items"]["data"]}
+    assert prices["levqor_plan_pro_monthly"] in plan_prices and prices["levqor_plan_core_monthly"] not in plan_prices
+    deliver_new_events(billing_on, seen)  # customer.subscription.updated, now on pro
+    assert Tenant.objects.get(pk=tenant.pk).plan == "pro"
+    assert client_for(key, tenant).get("/api/org").json()["limits"]["api_calls"] == 1000000
+
+
 def test_quota_follows_a_downgrade_in_real_time(billing_on, make_tenant, settings):
     """The spec's billing test: a tenant within the pro quota is over the core one the
     moment Stripe says it downgraded."""
