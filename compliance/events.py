@@ -34,6 +34,19 @@ EVENTS: dict[str, str] = {
     "billing.payment_failed": "a payment failed; the grace period started (metadata: grace_until)",
     "billing.payment_succeeded": "an invoice was paid; any grace period ended",
     "billing.portal_opened": "an org admin opened the Stripe Customer Portal",
+    "federation.opted_in": "the organization chose to contribute to the anonymized benchmarks (metadata: industry)",
+    "federation.opted_out": "the organization stopped contributing to the benchmarks (from the next release)",
+    "runtime.autoheal": "an auto-heal playbook acted on an anomaly (metadata: playbook, anomaly_id, metric, action)",
+    "marketplace.order_created": "an org admin placed a marketplace order (pending until Stripe confirms payment)",
+    "marketplace.order_paid": "Stripe confirmed a marketplace order's payment",
+    "marketplace.order_failed": "a marketplace order's payment failed; nothing was enabled",
+    "marketplace.order_canceled": "a marketplace order was canceled (checkout expired or canceled, or subscription ended)",
+    "marketplace.order_refunded": "a marketplace order was refunded in full",
+    "marketplace.module_enabled": "a bought module was enabled for this organization (metadata: features, packs)",
+    "marketplace.module_disabled": "a module was disabled after a refund or cancellation (metadata: features, packs)",
+    "tenancy.migration_step": "a step of the migration to multi-tenancy ran (metadata: step m1-m4, rollback or drop)",
+    "tenancy.legacy_imported": "M3 moved a single-tenant table under the organization (metadata: table, rows, checksum)",
+    "storage.expired": "stored files passed the plan's retention and were deleted (metadata: backups, evidence_reports, bytes)",
 }
 
 

@@ -47,6 +47,10 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "*" if DEBUG else "localhost,12
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 TENANCY_ENABLED = env_bool("TENANCY_ENABLED", True)
+# Single-tenant layout (TENANCY_ENABLED=false, and the migration plan M1-M4 in tenants/legacy.py):
+# the schema holding the one organization's product tables, and the plan it runs on.
+LEVQOR_LEGACY_SCHEMA = os.environ.get("LEVQOR_LEGACY_SCHEMA", "levqor_legacy")
+LEVQOR_LEGACY_PLAN = os.environ.get("LEVQOR_LEGACY_PLAN", "enterprise")
 LEVQOR_BASE_DOMAIN = os.environ.get("LEVQOR_BASE_DOMAIN", "tenant.levqor.ai").lower().strip(".")
 # Hosts that serve the platform itself (never looked up as a tenant's custom domain).
 LEVQOR_PLATFORM_HOSTS = env_list("LEVQOR_PLATFORM_HOSTS", "localhost,127.0.0.1,testserver,levqor.ai,www.levqor.ai")
@@ -67,6 +71,9 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/levqor"),
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+        # A persistent connection is checked (SELECT 1) before a request's first query, so
+        # the first request after a PostgreSQL restart reconnects instead of failing.
+        conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", True),
     )
 }
 # django-tenants' backend, plus statement-scoped search paths behind a transaction pooler.
@@ -83,6 +90,13 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # {"database_url", "replica_url", "storage"}. The first region is the default one.
 LEVQOR_REGIONS = parse_regions(os.environ.get("LEVQOR_REGIONS", ""), default_database_url=DATABASES["default"])
 LEVQOR_DEFAULT_REGION = next(iter(LEVQOR_REGIONS))
+# Region failover (runtime/dr.py): fail a region over to its replica after this many
+# consecutive failed health checks (every 10 s), each given this many seconds to connect;
+# processes re-read which regions failed over this often; the DNS step's class.
+LEVQOR_FAILOVER_AFTER_FAILURES = int(os.environ.get("LEVQOR_FAILOVER_AFTER_FAILURES", "3"))
+LEVQOR_HEALTH_CHECK_TIMEOUT = int(os.environ.get("LEVQOR_HEALTH_CHECK_TIMEOUT", "2"))
+LEVQOR_REGION_MAP_SECONDS = float(os.environ.get("LEVQOR_REGION_MAP_SECONDS", "2"))
+LEVQOR_DNS_BACKEND = os.environ.get("LEVQOR_DNS_BACKEND", "runtime.dns.LogOnlyDNS")
 # Per-tenant backups (runtime/backups.py): Fernet-encrypt each archive at rest.
 LEVQOR_BACKUP_ENCRYPT = env_bool("LEVQOR_BACKUP_ENCRYPT", False)
 
@@ -111,6 +125,8 @@ SHARED_APPS = [
     "compliance",
     "billing",
     "runtime",
+    "federation",
+    "marketplace",
 ]
 # Tenant apps live in each tenant's schema (strategy A) or database (strategy B).
 # Their models must not hold foreign keys to shared tables: a tenant database cannot
@@ -130,6 +146,7 @@ TENANT_LIMIT_SET_CALLS = True
 DATABASE_ROUTERS = ["tenants.routers.TenantRouter", "django_tenants.routers.TenantSyncRouter"]
 
 MIDDLEWARE = [
+    "levqor.middleware.RequestMetricsMiddleware",  # first: times the whole stack (runtime/metrics.py)
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "levqor.middleware.BodySizeLimitMiddleware",
@@ -214,7 +231,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "levqor.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "levqor.pagination.BoundedLimitOffsetPagination",  # ?limit at most 200
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
     "URL_FORMAT_OVERRIDE": None,  # ?format= belongs to our endpoints (audit export), not to DRF
@@ -231,17 +248,50 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Chaos drills (docs/chaos.md). Nothing reads task results (state lives in our own rows), and
+# with a result backend every .delay() subscribes to it first: with Redis down that was 20 s
+# of retries and a 500. A pool child killed mid-task (OOM, SIGKILL) must put its message
+# back, not ack it: acks_late alone acks it and the task is lost.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A task still unacknowledged this long after delivery (its worker died) is delivered again;
+# it must exceed the longest task (backups), or a running task is duplicated.
+# Workers look for such messages every ~100 s (kombu's default), more often with a short timeout.
+LEVQOR_TASK_VISIBILITY_SECONDS = int(os.environ.get("LEVQOR_TASK_VISIBILITY_SECONDS", "3600"))
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": LEVQOR_TASK_VISIBILITY_SECONDS,
+    "unacked_restore_interval": max(1, min(10, LEVQOR_TASK_VISIBILITY_SECONDS // 3)),
+    "unacked_restore_throttle": 1 if LEVQOR_TASK_VISIBILITY_SECONDS < 300 else 10,
+}
 CELERY_BEAT_SCHEDULE = {
     "purge-deleted-tenants": {"task": "tenants.tasks.purge_deleted_tenants", "schedule": 3600.0},
     "flush-usage": {"task": "policy.tasks.flush_usage", "schedule": 60.0},
     "reap-stalled-provisioning": {"task": "tenants.tasks.reap_stalled_provisioning", "schedule": 300.0},
     "audit-retention": {"task": "compliance.tasks.audit_retention", "schedule": 86400.0},
     "sweep-audit-streams": {"task": "compliance.tasks.sweep_streams", "schedule": 60.0},
+    "seal-audit-events": {"task": "compliance.tasks.seal_audit", "schedule": 10.0, "options": {"expires": 10}},
     # Nightly billing, after midnight UTC: usage to Stripe, then reconciliation, then Notion.
     "billing-nightly": {"task": "billing.tasks.nightly", "schedule": crontab(minute=30, hour=0)},
     "billing-grace": {"task": "billing.tasks.enforce_grace", "schedule": 3600.0},
+    "metrics-minutely": {"task": "runtime.metrics_tasks.minutely", "schedule": 60.0},  # flush + error-rate alerts
+    # Per-tenant anomalies, then auto-heal on the open ones (runtime/anomaly.py, runtime/autoheal.py).
+    "detect-anomalies": {"task": "runtime.metrics_tasks.detect_anomalies", "schedule": 60.0, "options": {"expires": 55}},
+    "metrics-rollup": {"task": "runtime.metrics_tasks.rollup", "schedule": 3600.0},
+    "alerts-sweep": {"task": "runtime.metrics_tasks.sweep_alerts", "schedule": 300.0},
+    "hibernate-idle-tenants": {"task": "runtime.metrics_tasks.hibernate_idle", "schedule": crontab(minute=15, hour=3)},
+    "weekly-pulse": {"task": "runtime.metrics_tasks.weekly_pulse", "schedule": crontab(minute=0, hour=7, day_of_week="mon")},
+    "check-region-health": {"task": "runtime.tasks.check_region_health", "schedule": 10.0, "options": {"expires": 10}},
     "nightly-backups": {"task": "runtime.backup_tasks.nightly_backups", "schedule": crontab(minute=0, hour=2)},
     "backup-retention": {"task": "runtime.backup_tasks.backup_retention", "schedule": 3600.0},
+    # Circuit breakers, cost controls, backup freshness (runtime/breakers.py, capacity.py, lifecycle.py).
+    "breakers-flush": {"task": "runtime.tasks.flush_breaker_journal", "schedule": 30.0, "options": {"expires": 30}},
+    "tenant-queue-release": {"task": "runtime.tasks.release_held_tasks", "schedule": 10.0, "options": {"expires": 10}},
+    "storage-lifecycle": {"task": "runtime.tasks.storage_lifecycle", "schedule": crontab(minute=45, hour=3)},
+    "backups-stale-check": {"task": "runtime.tasks.check_stale_backups", "schedule": 3600.0},
+    # Industry benchmarks of the month just ended (federation/aggregate.py), opted-in tenants only.
+    "federation-aggregate": {"task": "federation.tasks.aggregate", "schedule": crontab(minute=30, hour=2, day_of_month=1)},
+    # Partner payouts for the month just ended, then reconciliation against Stripe's transfers.
+    "marketplace-payouts": {"task": "marketplace.tasks.monthly_payouts", "schedule": crontab(minute=0, hour=4, day_of_month=2)},
 }
 
 # Billing (billing/): on when STRIPE_SECRET_KEY is set. STRIPE_API_BASE points the SDK at
@@ -266,6 +316,74 @@ LEVQOR_BILLING_SYNC_WORKERS = int(os.environ.get("LEVQOR_BILLING_SYNC_WORKERS", 
 NOTION_TOKEN = os.environ.get("NOTION_TOKEN", "")
 NOTION_BILLING_DATABASE_ID = os.environ.get("NOTION_BILLING_DATABASE_ID", "")
 NOTION_API_BASE = os.environ.get("NOTION_API_BASE", "https://api.notion.com")
+
+# Per-tenant metrics, alerts, the weekly pulse and hibernation (runtime/, docs/observability.md).
+# Seconds between two batched writes of a process's request metrics.
+LEVQOR_METRICS_FLUSH_SECONDS = float(os.environ.get("LEVQOR_METRICS_FLUSH_SECONDS", "5"))
+# Per-minute metric rows are kept this long, then folded into hourly rows (at least 24 h:
+# the longest window /api/org/metrics serves); hourly rows are kept the days below.
+LEVQOR_METRICS_MINUTE_RETENTION_HOURS = max(24, int(os.environ.get("LEVQOR_METRICS_MINUTE_RETENTION_HOURS", "48")))
+LEVQOR_METRICS_HOUR_RETENTION_DAYS = int(os.environ.get("LEVQOR_METRICS_HOUR_RETENTION_DAYS", "400"))
+# Bearer token Prometheus scrapes /metrics with (platform staff keys work too); empty: staff keys only.
+LEVQOR_METRICS_TOKEN = os.environ.get("LEVQOR_METRICS_TOKEN", "")
+# Celery queues whose waiting tasks make the queue depth.
+LEVQOR_METRICS_QUEUES = env_list("LEVQOR_METRICS_QUEUES", "celery")
+# Alert delivery: a signed JSON webhook (URL and secret both needed) and staff addresses.
+LEVQOR_ALERT_WEBHOOK_URL = os.environ.get("LEVQOR_ALERT_WEBHOOK_URL", "")
+LEVQOR_ALERT_WEBHOOK_SECRET = os.environ.get("LEVQOR_ALERT_WEBHOOK_SECRET", "")
+LEVQOR_ALERT_EMAILS = env_list("LEVQOR_ALERT_EMAILS", "")
+# A tenant whose 5xx share over 5 minutes is above this, with at least the minimum number
+# of requests, gets a metrics.error_rate alert (at most one per hour).
+LEVQOR_ALERT_ERROR_RATE = float(os.environ.get("LEVQOR_ALERT_ERROR_RATE", "0.05"))
+LEVQOR_ALERT_ERROR_MIN_REQUESTS = int(os.environ.get("LEVQOR_ALERT_ERROR_MIN_REQUESTS", "100"))
+# A provisioning slower than this many seconds raises provisioning.slow for staff.
+LEVQOR_ALERT_PROVISION_SECONDS = float(os.environ.get("LEVQOR_ALERT_PROVISION_SECONDS", "120"))
+# Who gets the weekly pulse (default: the staff alert addresses).
+LEVQOR_PULSE_EMAILS = env_list("LEVQOR_PULSE_EMAILS", ",".join(LEVQOR_ALERT_EMAILS))
+# Days without a request after which the daily task hibernates a tenant.
+LEVQOR_HIBERNATE_AFTER_DAYS = float(os.environ.get("LEVQOR_HIBERNATE_AFTER_DAYS", "14"))
+# DR coverage on /staff/kpis: an OK backup younger than this many hours counts as fresh.
+LEVQOR_KPI_BACKUP_FRESH_HOURS = float(os.environ.get("LEVQOR_KPI_BACKUP_FRESH_HOURS", "26"))
+# Auto-heal (runtime/autoheal.py): off entirely, or some playbooks off fleet-wide ("*": all);
+# staff can also switch playbooks off per tenant or for the fleet in the admin.
+LEVQOR_AUTOHEAL_ENABLED = env_bool("LEVQOR_AUTOHEAL_ENABLED", True)
+LEVQOR_AUTOHEAL_DISABLED = env_list("LEVQOR_AUTOHEAL_DISABLED", "")
+# A workflow run `running` for longer than this is stuck: failed and run again.
+LEVQOR_AUTOHEAL_STUCK_MINUTES = float(os.environ.get("LEVQOR_AUTOHEAL_STUCK_MINUTES", "30"))
+LEVQOR_AUTOHEAL_MAX_REQUEUE = int(os.environ.get("LEVQOR_AUTOHEAL_MAX_REQUEUE", "100"))
+
+# Circuit breakers around outbound dependencies (runtime/breakers.py): this many consecutive
+# failures, the first within the window, open a breaker; after the cool-down one probe call
+# goes through and its success closes it.
+LEVQOR_BREAKER_FAILURES = int(os.environ.get("LEVQOR_BREAKER_FAILURES", "5"))
+LEVQOR_BREAKER_WINDOW_SECONDS = float(os.environ.get("LEVQOR_BREAKER_WINDOW_SECONDS", "60"))
+LEVQOR_BREAKER_COOLDOWN_SECONDS = float(os.environ.get("LEVQOR_BREAKER_COOLDOWN_SECONDS", "30"))
+# Per-tenant cost model of the gross margin KPI (runtime/kpis.py), in the billing currency:
+# a month of a schema-per-tenant tenant's share of the platform database, a month of a
+# dedicated tenant database, a GB-month of storage (backups + metered storage), and a
+# million requests served (compute).
+LEVQOR_COST_SCHEMA_TENANT_MONTH = float(os.environ.get("LEVQOR_COST_SCHEMA_TENANT_MONTH", "2.00"))
+LEVQOR_COST_DATABASE_TENANT_MONTH = float(os.environ.get("LEVQOR_COST_DATABASE_TENANT_MONTH", "60.00"))
+LEVQOR_COST_STORAGE_GB_MONTH = float(os.environ.get("LEVQOR_COST_STORAGE_GB_MONTH", "0.10"))
+LEVQOR_COST_MILLION_REQUESTS = float(os.environ.get("LEVQOR_COST_MILLION_REQUESTS", "1.50"))
+# Autoscale caps (runtime/capacity.py): a plan's `queue_share` is a percent of this many
+# waiting tasks; past its share a tenant's further tasks wait in its own holding list.
+LEVQOR_QUEUE_CAPACITY = int(os.environ.get("LEVQOR_QUEUE_CAPACITY", "1000"))
+# A slot of a tenant's worker pool is a lease of this many seconds (at least a task's time
+# limit), so a worker that dies holding one frees it by itself.
+LEVQOR_POOL_SLOT_SECONDS = int(os.environ.get("LEVQOR_POOL_SLOT_SECONDS", "3600"))
+
+# Federation hub (federation/): a benchmark bucket is published only when at least this many
+# opted-in tenants contribute to it; never below 5, whatever the environment says.
+LEVQOR_FEDERATION_K = max(5, int(os.environ.get("LEVQOR_FEDERATION_K", "5")))
+# Differential privacy: the epsilon one release may spend (split over every figure a tenant
+# feeds), and the cap on the sum over all releases; past it the aggregation refuses.
+LEVQOR_FEDERATION_EPSILON = float(os.environ.get("LEVQOR_FEDERATION_EPSILON", "1.0"))
+LEVQOR_FEDERATION_EPSILON_CAP = float(os.environ.get("LEVQOR_FEDERATION_EPSILON_CAP", "12.0"))
+
+# Marketplace (marketplace/): an org owner or admin may refund a paid one-off module
+# within this many days of paying (staff may refund any time from the admin).
+LEVQOR_MARKETPLACE_REFUND_DAYS = int(os.environ.get("LEVQOR_MARKETPLACE_REFUND_DAYS", "14"))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

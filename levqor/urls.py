@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
@@ -8,7 +7,10 @@ from billing import api as billing_api
 from billing import portal as billing_portal
 from billing import webhooks as billing_webhooks
 from compliance import api as compliance_api
-from runtime import api_backups, portal_backups
+from federation import urls as federation_urls
+from marketplace import urls as marketplace_urls
+from runtime import api as runtime_api
+from runtime import portal_backups, urls_metrics
 from levqor import health
 from tenants import api as tenant_api
 from tenants import portal
@@ -39,15 +41,18 @@ api = [
     path("org/streams/<int:stream_id>", compliance_api.OrgStreamDetail.as_view(), name="org-stream"),
     path("org/streams/<int:stream_id>/replay", compliance_api.OrgStreamReplay.as_view(), name="org-stream-replay"),
     path("org/usage", tenant_api.OrgUsage.as_view(), name="org-usage"),
-    path("org/backups", api_backups.OrgBackups.as_view(), name="org-backups-api"),
-    path("org/redeploy", api_backups.OrgRedeploy.as_view(), name="org-redeploy-api"),
-    path("org/health", api_backups.OrgHealth.as_view(), name="org-health-api"),
-    path("org/backups/<int:backup_id>", api_backups.OrgBackupDetail.as_view(), name="org-backup-api"),
-    path("org/backups/<int:backup_id>/export", api_backups.OrgBackupExport.as_view(), name="org-backup-export-api"),
-    path("org/backups/<int:backup_id>/restore", api_backups.OrgBackupRestore.as_view(), name="org-backup-restore-api"),
+    path("", include(urls_metrics.api_urlpatterns)),
+    path("org/backups", runtime_api.OrgBackups.as_view(), name="org-backups-api"),
+    path("org/redeploy", runtime_api.OrgRedeploy.as_view(), name="org-redeploy-api"),
+    path("org/health", runtime_api.OrgHealth.as_view(), name="org-health-api"),
+    path("org/backups/<int:backup_id>", runtime_api.OrgBackupDetail.as_view(), name="org-backup-api"),
+    path("org/backups/<int:backup_id>/export", runtime_api.OrgBackupExport.as_view(), name="org-backup-export-api"),
+    path("org/backups/<int:backup_id>/restore", runtime_api.OrgBackupRestore.as_view(), name="org-backup-restore-api"),
     path("org/billing", billing_api.OrgBilling.as_view(), name="org-billing"),
     path("org/billing/portal-session", billing_api.OrgBillingPortalSession.as_view(), name="org-billing-portal-session"),
     path("org/policy/simulate", tenant_api.OrgPolicySimulate.as_view(), name="org-policy-simulate"),
+    path("", include(federation_urls.api_urlpatterns)),
+    path("", include(marketplace_urls.api_urlpatterns)),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     *router.urls,
@@ -57,6 +62,7 @@ urlpatterns = [
     path("api/", include(api)),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz),
+    path("", include(urls_metrics.urlpatterns)),
     path("readyz", health.readyz),
     path("org/bootstrap/<str:token>", tenant_views.bootstrap, name="org-bootstrap"),
     path("org", portal.home, name="org-home"),
@@ -72,7 +78,7 @@ urlpatterns = [
     path("org/settings/backups/create", portal_backups.create, name="org-backup-create"),
     path("org/settings/backups/export", portal_backups.export, name="org-backup-export"),
     path("org/settings/backups/restore", portal_backups.restore, name="org-backup-restore"),
-    path("backups/<str:token>", api_backups.backup_download, name="backup-download"),
+    path("backups/<str:token>", runtime_api.backup_download, name="backup-download"),
     path("org/settings/streams", portal.streams, name="org-streams"),
     path("org/sso/<slug:slug>", portal.sso_login, name="org-sso-login"),
     path("org/actions/rotate-keys", portal.rotate_keys, name="org-rotate-keys"),
@@ -82,7 +88,8 @@ urlpatterns = [
     path("org/invite/<str:token>", portal.accept_invitation, name="org-invite"),
     path("accounts/", include("allauth.urls")),
     path("docs/multitenancy", tenant_views.multitenancy_docs, name="docs-multitenancy"),
-    path("insights/benchmarks", TemplateView.as_view(template_name="insights/benchmarks.html"), name="benchmarks"),
+    path("", include(federation_urls.urlpatterns)),  # /insights/benchmarks, /org/insights
+    path("", include(marketplace_urls.urlpatterns)),  # /marketplace, /staff/marketplace
     path("evidence/<str:token>", compliance_api.evidence_download, name="evidence-download"),
     path("", tenant_views.landing, name="landing"),
 ]

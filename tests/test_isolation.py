@@ -25,6 +25,7 @@ TENANT_ROUTES = [
     ("get", "/api/org/audit", None),
     ("get", "/api/org/audit/export", None),
     ("get", "/api/org/usage", None),
+    ("get", "/api/org/metrics", None),
     ("get", "/api/org/streams", None),
     ("get", "/api/org/integrity", None),
     ("post", "/api/org/integrity", {}),
@@ -45,6 +46,13 @@ TENANT_ROUTES = [
     ("get", "/api/org/backups/1", None),
     ("post", "/api/org/backups/1/export", {}),
     ("post", "/api/org/backups/1/restore", {"mode": "staging"}),
+    ("get", "/api/org/federation", None),
+    ("post", "/api/org/federation", {"opted_in": True, "industry": "software"}),
+    ("get", "/api/marketplace/listings", None),
+    ("get", "/api/marketplace/orders", None),
+    ("post", "/api/marketplace/orders", {"listing_id": 1}),
+    ("get", "/api/marketplace/orders/1", None),
+    ("post", "/api/marketplace/orders/1/cancel", {}),
 ]
 
 
