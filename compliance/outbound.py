@@ -5,7 +5,8 @@ accepted only when it is HTTPS (plain HTTP only for hosts on LEVQOR_OUTBOUND_ALL
 and none of its addresses is private, loopback, link-local, multicast or reserved
 (unless the host is on that allow-list). Addresses are checked when the stream is saved
 and again, freshly resolved, on every delivery (DNS can change), and the request goes
-to the checked address, so a rebinding resolver cannot slip one past.
+to the checked address (over https too, with TLS checked against the host name), so a
+rebinding resolver cannot slip one past.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
+from requests.adapters import HTTPAdapter
 
 from levqor.errors import APIError
 
@@ -75,19 +77,34 @@ def is_internal(ip) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+class _PinnedHTTPS(HTTPAdapter):
+    """Connects to the vetted address while TLS (SNI and the certificate check) speaks for
+    the URL's host name, so a rebinding resolver cannot move the connection elsewhere
+    between the check and the connect."""
+
+    def __init__(self, hostname: str):
+        self._hostname = hostname
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["server_hostname"] = self._hostname
+        kwargs["assert_hostname"] = self._hostname
+        super().init_poolmanager(*args, **kwargs)
+
+
 def post(url: str, *, body: bytes, headers: dict, timeout: float) -> requests.Response:
-    """POST after vetting the destination again, to the vetted address."""
+    """POST after vetting the destination again, to the vetted address (http and https)."""
     host, port, address = check_destination(url)
     parts = urlsplit(url)
-    if parts.scheme == "http":
-        # Pin the connection to the vetted address; the Host header keeps virtual hosting.
-        ip = ipaddress.ip_address(address)
-        netloc = f"[{address}]:{port}" if ip.version == 6 else f"{address}:{port}"
-        target = parts._replace(netloc=netloc).geturl()
-        headers = {**headers, "Host": parts.netloc}
-    else:
-        target = url  # TLS verifies the name; the vetted resolution above stands
-    return requests.post(target, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+    # Pin the connection to the vetted address; the Host header keeps virtual hosting.
+    ip = ipaddress.ip_address(address.split("%")[0])
+    netloc = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    target = parts._replace(netloc=netloc).geturl()
+    headers = {**headers, "Host": parts.netloc.rsplit("@", 1)[-1]}
+    with requests.Session() as session:
+        if parts.scheme == "https":
+            session.mount("https://", _PinnedHTTPS(host))
+        return session.post(target, data=body, headers=headers, timeout=timeout, allow_redirects=False)
 
 
 # --- circuit breakers ------------------------------------------------------------------------

@@ -92,3 +92,99 @@ def test_secrets_never_come_back_from_the_api(make_tenant, settings):
                  "/api/org"):
         body = owner.get(path).content.decode()
         assert secret not in body and key not in body, path
+
+
+# --- fixed: DNS rebinding over https ------------------------------------------------------------
+
+def _tls_files(tmp_path, name: str):
+    """A throwaway CA and a server certificate for `name`, as PEM files."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(timezone.utc)
+
+    def cert(subject, issuer, key, signer, *, ca: bool, san: str | None = None):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+                   .not_valid_after(now + timedelta(hours=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Levqor test CA")])
+    ca = cert(ca_name, ca_name, ca_key, ca_key, ca=True)
+    leaf = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), ca_name, key, ca_key, ca=False, san=name)
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "server.pem").write_bytes(leaf.public_bytes(pem) + key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return tmp_path / "ca.pem", tmp_path / "server.pem"
+
+
+@pytest.fixture
+def https_receiver(tmp_path):
+    """An https server for siem.levqor.test on 127.0.0.1 that records what reaches it."""
+    import http.server
+    import ssl
+    import threading
+
+    ca, server_pem = _tls_files(tmp_path, "siem.levqor.test")
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen.append({"host": self.headers["Host"], "body": self.rfile.read(int(self.headers["Content-Length"]))})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_pem)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd.server_address[1], ca, seen
+    httpd.shutdown()
+
+
+def test_an_https_delivery_goes_to_the_vetted_address_whatever_dns_says_next(settings, monkeypatch,
+                                                                              https_receiver):
+    """The resolver answers 127.0.0.1 (allow-listed here) when the destination is vetted,
+    then a different, internal address: the kind of switch a rebinding DNS server makes
+    between the check and the connect. The request still reaches the vetted address, and
+    TLS is checked against the host name, not the address."""
+    import socket
+
+    import requests
+
+    from compliance import outbound
+
+    port, ca, seen = https_receiver
+    settings.LEVQOR_OUTBOUND_ALLOW_HOSTS = ["siem.levqor.test"]
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+    real = socket.getaddrinfo
+    answers = iter(["127.0.0.1"])
+
+    def rebinding_dns(host, *args, **kwargs):
+        if host == "siem.levqor.test":
+            return real(next(answers, "10.255.255.1"), *args, **kwargs)  # the rebound, internal answer
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
+    response = outbound.post(f"https://siem.levqor.test:{port}/ingest", body=b"event", headers={}, timeout=3)
+    assert response.status_code == 204
+    assert seen == [{"host": f"siem.levqor.test:{port}", "body": b"event"}]
+
+    # A certificate for another name is refused although the address is the vetted one.
+    settings.LEVQOR_OUTBOUND_ALLOW_HOSTS = ["localhost"]
+    with pytest.raises(requests.exceptions.SSLError):
+        outbound.post(f"https://localhost:{port}/ingest", body=b"event", headers={}, timeout=3)
+    assert len(seen) == 1
