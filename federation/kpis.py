@@ -93,10 +93,9 @@ def _run_counts(since: datetime, until: datetime) -> dict[str, int]:
 
 
 def _api_calls(tenant_id: int, period: str) -> int:
-    from policy.models import UsageCounter
+    from policy import quotas
 
-    row = UsageCounter.dangerously_all_tenants.filter(tenant_id=tenant_id, metric="api_calls", period=period).first()
-    return row.count if row else 0
+    return quotas.used_in(tenant_id, "api_calls", period)
 
 
 def active_members(tenant_id: int) -> int:

@@ -303,19 +303,23 @@ def _push_local_buffer() -> None:
         raise
 
 
+def used_in(tenant_id: int, metric: str, period: str) -> int:
+    """A period's count as of now: Redis's running total, else (Redis down, or the period
+    long over and its keys expired) the PostgreSQL ledger."""
+    _, total_key, _, _ = _keys(tenant_id, metric, period)
+    try:
+        raw = client().get(total_key)
+    except redis.RedisError:
+        raw = None
+    return int(raw) if raw is not None else ledger_total(tenant_id, metric, period)
+
+
 def usage(tenant_id: int, limits: dict, period: str | None = None) -> dict:
     """This period's counts against the plan's limits."""
     period = period or period_of()
     result = {}
     for metric in METRICS:
-        _, total_key, _, _ = _keys(tenant_id, metric, period)
-        try:
-            raw = client().get(total_key)
-            used = int(raw) if raw is not None else None
-        except redis.RedisError:
-            used = None
-        if used is None:
-            used = ledger_total(tenant_id, metric, period)
+        used = used_in(tenant_id, metric, period)
         limit = limits.get(metric)
         result[metric] = {"used": used, "limit": limit,
                           "percent": round(used * 100 / limit, 1) if limit else None}

@@ -120,6 +120,7 @@ def cmd_run() -> int:
     port = env.get("PORT", "8000")
     subprocess.check_call([*manage, "migrate", "--verbosity", "1"], env=env, cwd=ROOT)
     subprocess.check_call([*manage, "seed_demo", "--base-url", f"http://localhost:{port}"], env=env, cwd=ROOT)
+    subprocess.check_call([*manage, "marketplace_seed_demo"], env=env, cwd=ROOT)  # partners and listings to browse
     worker = subprocess.Popen([str(ROOT / ".venv" / "bin" / "celery"), "-A", "levqor", "worker", "-B", "--loglevel",
                                "warning", "--concurrency", "2", "-s", str(STATE / "celerybeat-schedule")],
                               env=env, cwd=ROOT)

@@ -197,3 +197,57 @@ def test_sso_login_in_the_browser_lands_in_the_tenant(live_server, browser, sett
         browser.get(live_server.url + "/org")
         _wait_for(browser, "you are <strong>operator</strong>")
     assert TenantUser.dangerously_all_tenants.get(tenant=tenant, user__email="erin@globex.test").sso_id == "erin"
+
+
+def _owner_signed_in(browser, base: str, *, slug: str, plan: str) -> str:
+    """A tenant signed up through the API whose owner sets a password in the browser; returns its key."""
+    signup = APIClient().post("/api/tenants", {"name": slug.replace("-", " ").title(), "slug": slug, "plan": plan,
+                                               "admin_email": f"owner@{slug}.test"}, format="json")
+    assert signup.status_code == 201
+    browser.get(base + signup.json()["sso_bootstrap_url"].split("testserver", 1)[1])
+    _fill(browser, "password", "correct-horse-battery-9")
+    _click(browser, "Create owner account")
+    _wait_for(browser, "is ready")
+    return signup.json()["api_key"]
+
+
+def test_metrics_insights_and_marketplace_pages_in_the_browser(live_server, browser, settings):
+    """The owner of a pro organization sees its own traffic charted, opts in to the
+    benchmarks, and browses the marketplace (payments not configured: Buy is disabled)."""
+    from django.core.management import call_command
+    from selenium.webdriver.common.by import By
+
+    from runtime import metrics
+
+    settings.LEVQOR_SIGNUP_RATE = "1000/hour"
+    base = live_server.url
+    key = _owner_signed_in(browser, base, slug="orbit-labs", plan="pro")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_X_TENANT_ID="orbit-labs")
+    for _ in range(12):
+        assert api.get("/api/workflows").status_code == 200
+    metrics.flush()
+
+    browser.get(base + "/org/metrics")
+    _wait_for(browser, "Metrics")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg")) >= 2  # the request and latency charts
+    api_calls = browser.find_element(By.XPATH, "//div[p[normalize-space()='API calls']]/h2").text
+    assert int(api_calls.replace(",", "")) >= 12
+    _shot(browser, "org-metrics")
+
+    browser.get(base + "/org/insights")
+    browser.find_element(By.NAME, "opted_in").click()
+    browser.find_element(By.XPATH, "//select[@name='industry']/option[2]").click()
+    _click(browser, "Save")
+    _wait_for(browser, "It applies from the next release")
+    assert browser.find_element(By.NAME, "opted_in").is_selected()
+    own_calls = browser.find_element(By.XPATH, "//tr[td[starts-with(normalize-space(), 'API calls')]]/td[2]").text
+    assert float(own_calls.replace(",", "")) >= 12  # this month's calls as of now, not as of the last flush
+    _shot(browser, "org-insights")
+
+    call_command("marketplace_seed_demo")
+    browser.get(base + "/marketplace")
+    _wait_for(browser, "Payments are not configured")
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#listings button.buy")
+    assert buttons and all(b.get_attribute("disabled") is not None for b in buttons)
+    _shot(browser, "marketplace")
