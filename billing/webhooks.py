@@ -132,6 +132,25 @@ _STATUS = {"active": "active", "trialing": "active", "past_due": "past_due", "un
            "incomplete": "past_due", "canceled": "canceled", "incomplete_expired": "canceled"}
 
 
+def _not_the_plans(billing, subscription_id: str | None, metadata: dict | None) -> bool:
+    """A subscription (or its invoice) that is not the tenant's plan subscription: a recurring
+    marketplace module's (its metadata names the order), or another id than the plan's.
+    Its events must not move the plan, the billing status or the grace period."""
+    if (metadata or {}).get("levqor_order"):
+        return True
+    return bool(subscription_id and billing.stripe_subscription_id and subscription_id != billing.stripe_subscription_id)
+
+
+def _invoice_subscription(invoice: dict) -> tuple[str | None, dict]:
+    """The subscription an invoice bills, and that subscription's metadata (both API shapes:
+    `subscription` before 2025, `parent.subscription_details` after)."""
+    details = (invoice.get("parent") or {}).get("subscription_details") or {}
+    subscription = invoice.get("subscription") or details.get("subscription")
+    if isinstance(subscription, dict):
+        return subscription.get("id"), subscription.get("metadata") or {}
+    return subscription, details.get("metadata") or {}
+
+
 def _subscription_updated(billing, sub: dict) -> str:
     from tenants import services
 
@@ -140,9 +159,8 @@ def _subscription_updated(billing, sub: dict) -> str:
     plan = None
     for item in (sub.get("items") or {}).get("data") or []:
         plan = catalog.plan_for_price(item.get("price") or {}) or plan
-    if plan is None and billing.stripe_subscription_id and sub.get("id") != billing.stripe_subscription_id:
-        # Another subscription of the customer (a recurring marketplace module): not the plan's.
-        return None
+    if plan is None and _not_the_plans(billing, sub.get("id"), sub.get("metadata")):
+        return None  # a recurring marketplace module's subscription: the marketplace handles it
     if plan and plan != tenant.plan:
         before = tenant.plan
         services.tenant_change_plan(tenant=tenant, plan=plan, actor=ACTOR, from_billing=True)
@@ -165,8 +183,8 @@ def _subscription_updated(billing, sub: dict) -> str:
 
 
 def _subscription_deleted(billing, sub: dict) -> str:
-    if sub.get("id") and billing.stripe_subscription_id and sub["id"] != billing.stripe_subscription_id:
-        return "ignored: not the tenant's current subscription"
+    if _not_the_plans(billing, sub.get("id"), sub.get("metadata")):
+        return None  # not the plan's (a module's, or an old one): the marketplace handles its own
     note = _start_grace(billing, reason="subscription canceled")
     billing.status = "canceled"
     billing.save()
@@ -175,9 +193,11 @@ def _subscription_deleted(billing, sub: dict) -> str:
     return note or "subscription canceled"
 
 
-def _invoice_payment_failed(billing, invoice: dict) -> str:
+def _invoice_payment_failed(billing, invoice: dict) -> str | None:
     from compliance.alerts import alert_raise
 
+    if _not_the_plans(billing, *_invoice_subscription(invoice)):
+        return None  # a module's renewal failing does not put the organization in grace
     note = _start_grace(billing, reason="payment failed")
     billing.status = "past_due"
     billing.save()
@@ -191,7 +211,9 @@ def _invoice_payment_failed(billing, invoice: dict) -> str:
     return note or "payment failed"
 
 
-def _invoice_paid(billing, invoice: dict) -> str:
+def _invoice_paid(billing, invoice: dict) -> str | None:
+    if _not_the_plans(billing, *_invoice_subscription(invoice)):
+        return None  # paying for a module does not end the plan's grace period
     note = _end_grace(billing, reason="invoice paid")
     billing.status = "active"
     billing.save()

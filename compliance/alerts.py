@@ -23,3 +23,12 @@ def alert_raise(*, kind: str, message: str, tenant_id: int | None = None, severi
     logger.warning("alert %s tenant=%s: %s", kind, tenant_id, message)
     alert_raised.send(sender=Alert, alert=alert)
     return alert
+
+
+def alert_resolve(*, kind: str, dedupe_key: str) -> int:
+    """Close the open alert of `kind` for `dedupe_key` once its condition has cleared, so
+    the next occurrence alerts again; returns how many were closed."""
+    from django.utils import timezone
+
+    return Alert.objects.filter(kind=kind, dedupe_key=dedupe_key, resolved_at__isnull=True).update(
+        resolved_at=timezone.now())

@@ -39,6 +39,7 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from compliance import audit
+from compliance.alerts import alert_resolve
 from levqor.errors import APIError
 from levqor.taskqueue import send_after_commit
 from runtime.models import Backup
@@ -207,6 +208,8 @@ def run_backup(backup: Backup, *, progress=None) -> Backup:
             audit.record("backup.created", tenant_id=tenant.id, actor=backup.actor, metadata={
                 "backup_id": backup.pk, "size_bytes": size, "sha256": sha.hexdigest(), "trigger": backup.trigger,
                 "tables": len(manifest["tables"])})
+            # A success clears an earlier failure's alert, so the next failure alerts again.
+            alert_resolve(kind="backup.failed", dedupe_key=f"{tenant.id}:backup")
     except Exception as exc:
         if stored_name:
             storage.delete(stored_name)

@@ -287,6 +287,11 @@ def scale_pool(tenant_id: int, size: int) -> int:
     return size
 
 
+def shrink_pool(tenant_id: int) -> None:
+    """Back to one slot, keeping the leases of tasks still running (hibernation)."""
+    redis_client().delete(redis_key(tenant_id, "pool"))
+
+
 def reset_pool(tenant_id: int) -> int:
     """Restart the tenant's pool: drop every slot lease (tasks stuck holding one), back to
     one slot, and send what waits. Returns how many tasks were sent."""

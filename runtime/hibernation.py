@@ -58,10 +58,14 @@ def hibernate_idle(*, now: datetime | None = None) -> list[str]:
 
 
 def _drop_caches(tenant: Tenant) -> None:
-    """What a process keeps per tenant beyond the hot cache: the registered (decrypted)
-    connection settings of its database."""
+    """What is kept per tenant beyond the hot cache: the registered (decrypted) connection
+    settings of its database, and its worker pool, which shrinks back to one slot (an idle
+    tenant runs nothing; the pool grows again with its next tasks)."""
+    from runtime import capacity
+
     if tenant.isolation == Tenant.Isolation.DATABASE:
         broker.forget(broker.alias_name(tenant.id))
+    capacity.shrink_pool(tenant.id)
 
 
 def wake(tenant: Tenant) -> float | None:

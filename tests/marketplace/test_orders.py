@@ -185,6 +185,31 @@ def test_a_recurring_module_is_its_own_subscription_and_canceling_ends_it(billin
     assert billing.status == "active" and billing.payment_failed_at is None  # no grace period started
 
 
+def test_a_modules_invoices_never_move_the_plans_billing_state(billing_on, make_tenant, make_listing, delivered):
+    """A module's renewal failing does not start the organization's grace period (or lead to
+    its suspension), and paying a module's invoice does not end a grace period the plan's
+    failed payment started."""
+    a, key_a = make_tenant(plan="pro")
+    billing = TenantBilling.dangerously_all_tenants.get(tenant=a)
+    order = buy(key_a, a, make_listing(price_cents=900, features=["slack_alerts"], billing="recurring").pk).json()
+    pay(billing_on, order, delivered)
+    module_subscription = TenantOrder.dangerously_all_tenants.get(pk=order["id"]).stripe_subscription_id
+
+    billing_on.create_invoice(module_subscription, paid=False)
+    deliver_new_events(billing_on, delivered)
+    billing.refresh_from_db()
+    assert billing.status == "active" and billing.payment_failed_at is None and billing.grace_until is None
+
+    billing_on.create_invoice(billing.stripe_subscription_id, paid=False)  # the plan's payment fails
+    deliver_new_events(billing_on, delivered)
+    billing.refresh_from_db()
+    assert billing.status == "past_due" and billing.grace_until is not None
+    billing_on.create_invoice(module_subscription, paid=True)  # a module paid: the plan is still unpaid
+    deliver_new_events(billing_on, delivered)
+    billing.refresh_from_db()
+    assert billing.status == "past_due" and billing.grace_until is not None
+
+
 def test_two_modules_sharing_a_pack_keep_it_until_both_are_gone(billing_on, make_tenant, make_listing, delivered):
     a, key_a = make_tenant()
     first = buy(key_a, a, make_listing(features=["crm"], packs=["crm-sync"]).pk).json()

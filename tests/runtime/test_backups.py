@@ -149,6 +149,43 @@ def test_a_failed_backup_is_recorded_alerted_and_stores_nothing(make_tenant, set
     failed = Backup.dangerously_all_tenants.get(tenant_id=tenant.id)
     assert failed.status == "failed" and failed.error and failed.storage_name == ""
     assert Alert.objects.filter(kind="backup.failed", tenant_id=tenant.id).count() == 1
+    with pytest.raises(Exception):  # failing again while the alert is open: no second alert
+        backups.backup_tenant(tenant=tenant, actor="test")
+    assert Alert.objects.filter(kind="backup.failed", tenant_id=tenant.id).count() == 1
+
+    # A success closes the alert, so a failure weeks later alerts again.
+    working = {name: dataclasses.replace(region, storage=str(tmp_path / "ok" / name))
+               for name, region in settings.LEVQOR_REGIONS.items()}
+    broken, settings.LEVQOR_REGIONS = settings.LEVQOR_REGIONS, working
+    backups.backup_tenant(tenant=tenant, actor="test")
+    assert not Alert.objects.filter(kind="backup.failed", tenant_id=tenant.id, resolved_at__isnull=True).exists()
+    settings.LEVQOR_REGIONS = broken
+    with pytest.raises(Exception):
+        backups.backup_tenant(tenant=tenant, actor="test")
+    assert Alert.objects.filter(kind="backup.failed", tenant_id=tenant.id).count() == 2
+
+
+def test_the_nightly_round_backs_up_every_active_tenant_and_survives_a_failure(make_tenant, storage):
+    from runtime.backup_tasks import nightly_backups
+    from tenants import services
+    from tenants.models import Tenant
+
+    core, _ = make_tenant(plan="core")
+    enterprise, _ = make_tenant(plan="enterprise")
+    suspended, _ = make_tenant(plan="core")
+    services.tenant_suspend(tenant=suspended, actor="test")
+    others = Tenant.objects.filter(status=Tenant.Status.ACTIVE).exclude(pk__in=[core.pk, enterprise.pk]).count()
+    assert nightly_backups.apply().get() == {"ok": 2 + others, "failed": 0}
+    nightly = Backup.dangerously_all_tenants.filter(trigger="nightly", status="ok")
+    assert {core.id, enterprise.id} <= set(nightly.values_list("tenant_id", flat=True))
+    assert not Backup.dangerously_all_tenants.filter(tenant_id=suspended.id).exists()
+
+    # One tenant's storage failing does not stop the others' backups.
+    (storage / core.region / "tenants" / str(core.id)).rename(storage / "moved")
+    (storage / core.region / "tenants" / str(core.id)).write_text("not a folder")
+    result = nightly_backups.apply().get()
+    assert result == {"ok": 1 + others, "failed": 1}
+    assert Backup.dangerously_all_tenants.filter(tenant_id=enterprise.id, trigger="nightly", status="ok").count() == 2
 
 
 def test_retention_deletes_exactly_the_expired_backups(make_tenant, storage):

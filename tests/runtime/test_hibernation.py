@@ -6,6 +6,7 @@ import logging
 import time
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
 from runtime import hibernation, metrics
@@ -36,14 +37,20 @@ def test_only_tenants_idle_past_the_limit_are_hibernated(make_tenant, settings):
     _age(suspended, seen_days_ago=30, created_days_ago=100)
     Tenant.objects.filter(pk=suspended.pk).update(status=Tenant.Status.SUSPENDED)
 
+    from runtime import capacity
+
+    capacity.scale_pool(idle.id, 2)  # it once grew; hibernating gives the slots back
+    assert capacity.pool_status(idle.id)["size"] == 2
     assert sorted(hibernate_idle.apply().get()) == sorted([idle.slug, never_seen_old.slug])
+    assert capacity.pool_status(idle.id)["size"] == 1
     hibernated = set(Tenant.objects.filter(hibernated_at__isnull=False).values_list("slug", flat=True))
     assert hibernated == {idle.slug, never_seen_old.slug}
     assert hibernation.hibernate_idle() == []  # already hibernated: nothing to do
 
 
-def test_the_next_request_wakes_it_within_a_second(make_tenant, caplog):
-    tenant, key = make_tenant()
+@pytest.mark.parametrize("plan", ["core", "enterprise"])  # enterprise: its database alias is re-registered
+def test_the_next_request_wakes_it_within_a_second(make_tenant, caplog, plan):
+    tenant, key = make_tenant(plan=plan)
     _age(tenant, seen_days_ago=30, created_days_ago=60)
     client = client_for(key, tenant)
     assert client.get("/api/org").status_code == 200  # this process now caches the tenant
