@@ -141,7 +141,7 @@ def _not_the_plans(billing, subscription_id: str | None, metadata: dict | None) 
     return bool(subscription_id and billing.stripe_subscription_id and subscription_id != billing.stripe_subscription_id)
 
 
-def _invoice_subscription(invoice: dict) -> tuple[str | None, dict]:
+def invoice_subscription(invoice: dict) -> tuple[str | None, dict]:
     """The subscription an invoice bills, and that subscription's metadata (both API shapes:
     `subscription` before 2025, `parent.subscription_details` after)."""
     details = (invoice.get("parent") or {}).get("subscription_details") or {}
@@ -196,7 +196,7 @@ def _subscription_deleted(billing, sub: dict) -> str:
 def _invoice_payment_failed(billing, invoice: dict) -> str | None:
     from compliance.alerts import alert_raise
 
-    if _not_the_plans(billing, *_invoice_subscription(invoice)):
+    if _not_the_plans(billing, *invoice_subscription(invoice)):
         return None  # a module's renewal failing does not put the organization in grace
     note = _start_grace(billing, reason="payment failed")
     billing.status = "past_due"
@@ -212,7 +212,7 @@ def _invoice_payment_failed(billing, invoice: dict) -> str | None:
 
 
 def _invoice_paid(billing, invoice: dict) -> str | None:
-    if _not_the_plans(billing, *_invoice_subscription(invoice)):
+    if _not_the_plans(billing, *invoice_subscription(invoice)):
         return None  # paying for a module does not end the plan's grace period
     note = _end_grace(billing, reason="invoice paid")
     billing.status = "active"

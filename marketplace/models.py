@@ -196,3 +196,24 @@ class TenantOrder(TenantScopedModel):
 
     def __str__(self) -> str:
         return f"order {self.pk} {self.listing_id} ({self.status})"
+
+
+class OrderRenewal(models.Model):
+    """A later period of a recurring order, paid (its subscription's invoice after the first,
+    which the order's own price stands for). Partners are paid for each, like a sale."""
+
+    order = models.ForeignKey(TenantOrder, on_delete=models.PROTECT, related_name="renewals")
+    partner = models.ForeignKey(Partner, on_delete=models.PROTECT, related_name="renewals")
+    stripe_invoice_id = models.CharField(max_length=64, unique=True)  # a redelivered invoice.paid counts once
+    amount_cents = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3)
+    paid_at = models.DateTimeField()
+    sale_payout = models.ForeignKey(Payout, null=True, blank=True, on_delete=models.PROTECT, related_name="renewals")
+
+    class Meta:
+        db_table = "marketplace_order_renewals"
+        ordering = ["-paid_at"]
+        indexes = [models.Index(fields=["partner", "paid_at"])]
+
+    def __str__(self) -> str:
+        return f"renewal of order {self.order_id}: {self.amount_cents} {self.currency}"

@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from billing import stripe_api
 from levqor.errors import APIError
-from marketplace.models import Partner, Payout, TenantOrder
+from marketplace.models import OrderRenewal, Partner, Payout, TenantOrder
 
 logger = logging.getLogger(__name__)
 
@@ -106,30 +106,34 @@ def _settle(partner: Partner, period: str, end: datetime) -> list[Payout]:
         partner = Partner.objects.select_for_update().get(pk=partner.pk)  # one run per partner at a time
         orders = TenantOrder.dangerously_all_tenants.filter(partner=partner)
         sales = orders.filter(paid_at__lt=end, sale_payout__isnull=True)
+        renewals = OrderRenewal.objects.filter(partner=partner, paid_at__lt=end, sale_payout__isnull=True)
         refunds = orders.filter(status=TenantOrder.Status.REFUNDED, closed_at__lt=end, refund_payout__isnull=True)
-        currencies = set(sales.values_list("currency", flat=True)) | set(refunds.values_list("currency", flat=True))
+        currencies = (set(sales.values_list("currency", flat=True)) | set(renewals.values_list("currency", flat=True))
+                      | set(refunds.values_list("currency", flat=True)))
         existing = {p.currency: p for p in Payout.objects.filter(partner=partner, period=period)}
         payouts = [p for p in existing.values() if p.status in (Payout.Status.PENDING, Payout.Status.FAILED,
                                                                  Payout.Status.SENT)]
         for currency in sorted(currencies - {c for c, p in existing.items() if p.status != Payout.Status.NOTHING_DUE}):
             payouts.append(_settle_currency(partner, period, currency, sales.filter(currency=currency),
-                                            refunds.filter(currency=currency), existing.get(currency)))
+                                            renewals.filter(currency=currency), refunds.filter(currency=currency),
+                                            existing.get(currency)))
     return payouts
 
 
-def _settle_currency(partner, period, currency, sales, refunds, earlier: Payout | None) -> Payout:
-    sales_cents = sales.aggregate(s=Sum("price_cents"))["s"] or 0
+def _settle_currency(partner, period, currency, sales, renewals, refunds, earlier: Payout | None) -> Payout:
+    sales_cents = (sales.aggregate(s=Sum("price_cents"))["s"] or 0) + (renewals.aggregate(s=Sum("amount_cents"))["s"] or 0)
     refunds_cents = refunds.aggregate(s=Sum("refunded_cents"))["s"] or 0
     gross = sales_cents - refunds_cents
     fee = fee_for(gross, partner.fee_bps)
     payout = earlier or Payout(partner=partner, period=period, currency=currency)
     payout.sales_cents, payout.refunds_cents, payout.gross_cents = sales_cents, refunds_cents, gross
     payout.fee_bps, payout.fee_cents, payout.net_cents = partner.fee_bps, fee, max(gross - fee, 0)
-    payout.orders_count = sales.count() + refunds.count()
+    payout.orders_count = sales.count() + renewals.count() + refunds.count()
     payout.status = Payout.Status.PENDING if gross > 0 else Payout.Status.NOTHING_DUE
     payout.save()
     if gross > 0:
         sales.update(sale_payout=payout)
+        renewals.update(sale_payout=payout)
         refunds.update(refund_payout=payout)
     return payout
 

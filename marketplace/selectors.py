@@ -6,7 +6,7 @@ from collections import defaultdict
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncMonth
 
-from marketplace.models import Listing, Payout, TenantOrder
+from marketplace.models import Listing, OrderRenewal, Payout, TenantOrder
 
 
 def granted_features(tenant_id: int) -> list[str]:
@@ -81,6 +81,20 @@ def sales_report(*, partner_id: int | None = None) -> dict:
                      "partner": row["partner__name"], "tenant": row["tenant__slug"], "currency": row["currency"],
                      "orders": row["orders"], "sales_cents": row["cents"],
                      "refunds_cents": (refunded.pop(key, None) or {}).get("cents", 0)})
+    renewals = OrderRenewal.objects.all() if not partner_id else OrderRenewal.objects.filter(partner_id=partner_id)
+    by_key = {(r["period"], r["partner_id"], r["tenant"], r["currency"]): r for r in rows}
+    for r in (renewals.annotate(month=TruncMonth("paid_at"))
+              .values("month", "partner_id", "partner__name", "order__tenant__slug", "currency")
+              .annotate(renewed=Count("id"), cents=Sum("amount_cents"))):
+        key = (r["month"].strftime("%Y-%m"), r["partner_id"], r["order__tenant__slug"], r["currency"])
+        row = by_key.get(key)
+        if row is None:
+            row = by_key[key] = {"period": key[0], "partner_id": r["partner_id"], "partner": r["partner__name"],
+                                 "tenant": key[2], "currency": r["currency"], "orders": 0, "sales_cents": 0,
+                                 "refunds_cents": 0}
+            rows.append(row)
+        row["orders"] += r["renewed"]  # a renewal counts as a sale of its month
+        row["sales_cents"] += r["cents"]
     for r in refunded.values():  # refunds in months without sales
         rows.append({"period": r["month"].strftime("%Y-%m"), "partner_id": r["partner_id"], "partner": r["partner__name"],
                      "tenant": r["tenant__slug"], "currency": r["currency"], "orders": 0, "sales_cents": 0,

@@ -10,6 +10,10 @@ and enters that tenant's context: the webhook is an entry point, like a request.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from datetime import timezone as dt_timezone
+
+from django.utils import timezone
 
 from tenants.context import tenant_context
 
@@ -107,6 +111,30 @@ def subscription_deleted(billing, sub: dict) -> str | None:
         return services.order_mark_canceled(order=order, actor=ACTOR, reason="subscription ended")
 
 
+def invoice_paid(billing, invoice: dict) -> str | None:
+    """A recurring module's later period paid: a renewal, which its partner is paid for.
+    The first invoice is the order's own price (it arrives before or after the checkout's
+    completion; either way it is not counted twice)."""
+    from billing.webhooks import invoice_subscription
+    from marketplace.models import OrderRenewal, TenantOrder
+
+    subscription, metadata = invoice_subscription(invoice)
+    order = _order(billing, reference=_reference({"metadata": metadata}), stripe_subscription_id=subscription)
+    if order is None or not subscription or order.stripe_subscription_id != subscription:
+        return None  # not a module's, or its first invoice before the checkout completed
+    if order.status != TenantOrder.Status.PAID or invoice.get("id") == order.stripe_invoice_id:
+        return None
+    amount = int(invoice.get("amount_paid") or 0)
+    if amount <= 0 or not invoice.get("id"):
+        return None
+    paid_ts = (invoice.get("status_transitions") or {}).get("paid_at")
+    renewal, created = OrderRenewal.objects.get_or_create(stripe_invoice_id=invoice["id"], defaults={
+        "order": order, "partner_id": order.partner_id, "amount_cents": amount,
+        "currency": (invoice.get("currency") or order.currency).lower(),
+        "paid_at": datetime.fromtimestamp(paid_ts, tz=dt_timezone.utc) if paid_ts else timezone.now()})
+    return f"order {order.pk}: renewal {renewal.amount_cents} {renewal.currency} paid" if created else None
+
+
 def _id(value) -> str:
     if isinstance(value, dict):
         value = value.get("id")
@@ -121,6 +149,7 @@ HANDLERS = {
     "payment_intent.payment_failed": payment_failed,
     "charge.refunded": charge_refunded,
     "customer.subscription.deleted": subscription_deleted,
+    "invoice.paid": invoice_paid,
 }
 
 

@@ -114,6 +114,44 @@ def test_payouts_add_up_to_sales_minus_fees_exactly_and_rerunning_pays_nothing_t
             totals["sales"] - totals["refunds"] - totals["fee"])
 
 
+def test_each_paid_month_of_a_recurring_module_is_paid_out_once(billing_on, make_tenant, make_listing, partner,
+                                                                 delivered):
+    """The partner of a monthly module is paid for every month the tenant pays, not only the
+    first: each later invoice of the module's subscription is a sale, counted once however
+    often Stripe delivers it."""
+    import json
+
+    from marketplace.models import OrderRenewal
+    from tests.billing.conftest import post_webhook, sign
+
+    a, key_a = make_tenant()
+    order = buy(key_a, a, make_listing(price_cents=900, billing="recurring", features=["slack_alerts"],
+                                       packs=[]).pk).json()
+    pay(billing_on, order, delivered)
+    module_subscription = TenantOrder.dangerously_all_tenants.get(pk=order["id"]).stripe_subscription_id
+    assert not OrderRenewal.objects.exists()  # the first invoice is the order's own price
+
+    billing_on.create_invoice(module_subscription, paid=True)  # the second month
+    deliver_new_events(billing_on, delivered)
+    [renewal] = OrderRenewal.objects.all()
+    assert (renewal.order_id, renewal.amount_cents, renewal.partner_id) == (order["id"], 900, partner.pk)
+    paid_event = [e for e in billing_on.objects("event") if e["type"] == "invoice.paid"][-1]
+    replay = json.dumps({**paid_event, "id": paid_event["id"] + "x"})  # the same invoice, another delivery
+    assert post_webhook(replay, sign(replay)).status_code == 200
+    assert OrderRenewal.objects.count() == 1
+
+    out, _ = _run(_this_period())
+    assert "1 sent" in out
+    [transfer] = _transfers(billing_on, partner)
+    gross = 900 * 2
+    assert transfer["amount"] == gross - gross * 2000 // 10000 == 1440
+    assert Payout.objects.get(partner=partner).sales_cents == gross
+    from marketplace.selectors import sales_report  # the staff dashboard's figures
+
+    [row] = [r for r in sales_report(partner_id=partner.pk)["rows"] if r["tenant"] == a.slug]
+    assert (row["orders"], row["sales_cents"]) == (2, gross)
+
+
 def test_a_lost_answer_is_adopted_not_paid_again(billing_on, make_tenant, make_listing, partner, delivered):
     a, key_a = make_tenant()
     pay(billing_on, buy(key_a, a, make_listing(price_cents=10000).pk).json(), delivered)
