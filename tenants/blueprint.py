@@ -15,6 +15,7 @@ operations of shared apps such as dj-stripe.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from functools import lru_cache
 
 from django.apps import apps
@@ -162,26 +163,40 @@ def schema_exists(schema_name: str) -> bool:
         return cursor.fetchone() is not None
 
 
+@contextmanager
+def in_schema(schema_name: str, *, include_public: bool):
+    """Statements on `connection` run with search_path = schema_name (, public), then the
+    connection's own schema comes back. Through the connection's schema switch rather than a
+    raw `SET LOCAL`: behind PgBouncer in transaction mode every statement carries the
+    connection's path (levqor/db/base.py), which would override a SET LOCAL."""
+    previous_tenant = getattr(connection, "tenant", None)
+    previous_public = connection.include_public_schema
+    connection.set_schema(schema_name, include_public=include_public)
+    try:
+        yield
+    finally:
+        if previous_tenant is not None:
+            connection.set_tenant(previous_tenant, include_public=previous_public)
+        else:
+            connection.set_schema_to_public()
+
+
 def create_tenant_schema(schema_name: str) -> None:
     """Create `schema_name` with the blueprint's tables; idempotent."""
     if schema_exists(schema_name):
         return
     template = settings.LEVQOR_TEMPLATE_SCHEMA
     ddl = schema_ddl()
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('search_path')")
-        (saved_path,) = cursor.fetchone()
-        cursor.execute(f"CREATE SCHEMA {_quote(schema_name)}")
-        # SET LOCAL: confined to this transaction, and restored before it ends in case an
-        # outer transaction (a test's) goes on with the connection.
-        cursor.execute(f"SET LOCAL search_path = {_quote(schema_name)}")
-        for statement in ddl:
-            cursor.execute(statement)
-        cursor.execute(
-            f"INSERT INTO {_quote(schema_name)}.django_migrations (app, name, applied) "
-            f"SELECT app, name, applied FROM {_quote(template)}.django_migrations"
-        )
-        cursor.execute("SELECT set_config('search_path', %s, true)", [saved_path])
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE SCHEMA {_quote(schema_name)}")
+        with in_schema(schema_name, include_public=False), connection.cursor() as cursor:
+            for statement in ddl:
+                cursor.execute(statement)
+            cursor.execute(
+                f"INSERT INTO {_quote(schema_name)}.django_migrations (app, name, applied) "
+                f"SELECT app, name, applied FROM {_quote(template)}.django_migrations"
+            )
 
 
 def drop_tenant_schema(schema_name: str) -> None:

@@ -80,13 +80,14 @@ def migrate_tenant(tenant, *, order, scripts) -> tuple[str, list]:
     """Bring one tenant to the blueprint; returns (how, applied migrations)."""
     if tenant.isolation == "schema":
         table = f"{blueprint._quote(tenant.schema_name)}.django_migrations"
-        with transaction.atomic(), connection.cursor() as cursor:
-            missing = [m for m in order if m not in _applied(cursor, table)]
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                missing = [m for m in order if m not in _applied(cursor, table)]
             if not missing:
                 return "up_to_date", []
             if all(m in scripts for m in missing):
-                cursor.execute(f"SET LOCAL search_path = {blueprint._quote(tenant.schema_name)}, public")
-                _replay(cursor, missing, scripts, table)
+                with blueprint.in_schema(tenant.schema_name, include_public=True), connection.cursor() as cursor:
+                    _replay(cursor, missing, scripts, table)
                 return "replayed", missing
         connection.set_schema(tenant.schema_name)
         try:

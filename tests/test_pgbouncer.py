@@ -121,3 +121,42 @@ def test_each_statement_sees_its_own_tenant_behind_pgbouncer(make_tenant, pgboun
     assert fixed == {"checks": 240, "wrong": 0, "errors": 0}
     control = _probe(pgbouncer, slugs, "session")
     assert control["wrong"] + control["errors"] > 0, control  # the known failure, reproduced
+
+
+PROVISION = r"""
+import json, os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "levqor.settings")
+import django
+django.setup()
+from django.db import connection
+from tenants import services
+from tenants.context import tenant_context
+from workflows.models import Workflow
+
+result = services.tenant_create(name="Pooled", slug=sys.argv[1], plan="core", admin_email="o@pooled.test", actor="test")
+with tenant_context(result.tenant):
+    Workflow.objects.create(name="pooled-first", created_by="test")
+with connection.cursor() as cursor:
+    cursor.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                   "WHERE c.relname = 'workflows_workflow' AND n.nspname IN ('public', %s)", [result.tenant.schema_name])
+    print(json.dumps({"schemas": sorted(r[0] for r in cursor.fetchall()), "schema": result.tenant.schema_name}))
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tenant_provisioned_through_pgbouncer_gets_its_tables_in_its_own_schema(pgbouncer):
+    """Creating a schema sets its path for the DDL; behind a transaction-mode pooler every
+    statement carries the connection's path, so a raw SET LOCAL was overridden and the
+    tables went to public. The switch now goes through the connection's schema."""
+    from tests.conftest import unique_slug
+
+    db = settings.DATABASES["default"]
+    slug = unique_slug("pool")
+    env = {**os.environ, "DJANGO_DEBUG": "true", "REDIS_URL": settings.REDIS_URL, "LEVQOR_DB_POOLING": "transaction",
+           "DATABASE_URL": f"postgres://{db.get('USER') or 'postgres'}@127.0.0.1:{pgbouncer}/{db['NAME']}",
+           "LEVQOR_LOG_LEVEL": "ERROR", "LEVQOR_SIGNUP_RATE": "1000/hour"}
+    out = subprocess.run([sys.executable, "-c", PROVISION, slug], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["schemas"] == [found["schema"]]  # in the tenant's schema, and nothing in public
