@@ -364,7 +364,19 @@ def staging_names(backup: Backup) -> tuple[str, str]:
 
 def restore_into_staging(backup: Backup, *, actor: str, progress=None) -> dict:
     """Load the backup into staging and verify it. Returns the verification report,
-    also kept in the backup's manifest under "restore"."""
+    also kept in the backup's manifest under "restore". Every attempt, failed ones included
+    (a damaged file, another migration level, a load error), is counted in
+    manifest["restores"]: the staff KPI "restore success" is over attempts."""
+    try:
+        return _restore_into_staging(backup, actor=actor, progress=progress)
+    except Exception as exc:
+        if not getattr(exc, "remembered", False):
+            _remember_restore(backup, {"verified": False, "at": timezone.now().isoformat(), "actor": actor,
+                                       "error": f"{exc.__class__.__name__}: {exc}"[:300], "replaced_live": False})
+        raise
+
+
+def _restore_into_staging(backup: Backup, *, actor: str, progress=None) -> dict:
     from tenants import blueprint, broker
 
     manifest, files = _read_archive(backup)
@@ -412,7 +424,9 @@ def restore_into_staging(backup: Backup, *, actor: str, progress=None) -> dict:
     _remember_restore(backup, report)
     if not verified:
         bad = [c["table"] for c in checks if not c["ok"]]
-        raise RestoreFailed(f"staging restore did not verify: {', '.join(bad)}", details={"tables": bad})
+        failed = RestoreFailed(f"staging restore did not verify: {', '.join(bad)}", details={"tables": bad})
+        failed.remembered = True
+        raise failed
     return report
 
 
@@ -449,9 +463,12 @@ def _reset_sequences(cursor, schema: str, table: str) -> None:
                            " false)", [sequence])
 
 
-def _remember_restore(backup: Backup, report: dict) -> None:
+def _remember_restore(backup: Backup, report: dict, *, attempt: bool = True) -> None:
+    """The latest report under "restore"; each attempt's outcome appended to "restores"."""
     manifest = dict(Backup.dangerously_all_tenants.get(pk=backup.pk).manifest_json)
     manifest["restore"] = report
+    if attempt:
+        manifest["restores"] = [*manifest.get("restores", []), {"at": report["at"], "verified": report["verified"]}]
     Backup.dangerously_all_tenants.filter(pk=backup.pk).update(manifest_json=manifest)
 
 
@@ -500,7 +517,7 @@ def replace_live(backup: Backup, *, actor: str) -> dict:
     hotcache.bump()
     report = {**report, "replaced_live": True, "replaced_at": timezone.now().isoformat(), "pre_restore_backup": safety.pk}
     with transaction.atomic():
-        _remember_restore(backup, report)
+        _remember_restore(backup, report, attempt=False)  # the same attempt, now live
         audit.record("backup.restored", tenant_id=tenant.id, actor=actor,
                      metadata={"backup_id": backup.pk, "pre_restore_backup": safety.pk})
     broker.close_thread_connections(only_obsolete=False)

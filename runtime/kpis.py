@@ -96,12 +96,14 @@ def restore_outcomes(since: datetime) -> list[tuple[datetime, bool]]:
     outcomes = []
     backups = Backup.dangerously_all_tenants.filter(manifest_json__has_key="restore").only("created_at", "manifest_json")
     for backup in backups:
-        report = backup.manifest_json.get("restore")
-        if not isinstance(report, dict) or not isinstance(report.get("verified"), bool):
-            continue
-        at = parse_when(report.get("at")) or backup.created_at
-        if at >= since:
-            outcomes.append((at, report["verified"]))
+        # Every attempt ("restores"); backups restored before attempts were kept: the last report.
+        attempts = backup.manifest_json.get("restores") or [backup.manifest_json.get("restore")]
+        for report in attempts:
+            if not isinstance(report, dict) or not isinstance(report.get("verified"), bool):
+                continue
+            at = parse_when(report.get("at")) or backup.created_at
+            if at >= since:
+                outcomes.append((at, report["verified"]))
     return outcomes
 
 

@@ -125,6 +125,11 @@ def test_a_damaged_backup_is_refused_and_leaves_no_staging(make_tenant, storage)
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [backups.staging_names(backup)[0]])
         assert cursor.fetchone() is None
+    # The failed attempt counts in the staff KPI "restore success" (it never got to verifying).
+    from runtime import kpis
+
+    figures = kpis.report(1)
+    assert (figures["restores"], figures["restore_success"]) == (1, 0.0)
 
 
 def test_encrypted_backups_round_trip_and_are_not_plain_tar(make_tenant, storage, settings):
