@@ -368,6 +368,10 @@ LEVQOR_COST_STORAGE_GB_MONTH = float(os.environ.get("LEVQOR_COST_STORAGE_GB_MONT
 LEVQOR_COST_MILLION_REQUESTS = float(os.environ.get("LEVQOR_COST_MILLION_REQUESTS", "1.50"))
 # Autoscale caps (runtime/capacity.py): a plan's `queue_share` is a percent of this many
 # waiting tasks; past its share a tenant's further tasks wait in its own holding list.
+# Tenants on plans with the `dedicated_workers` feature get their own Celery queue,
+# `tenant-<id>`, served by a worker pool of their own (`celery -A levqor worker -Q tenant-<id>`,
+# see docs/deploy.md); off: every tenant shares the default queue.
+LEVQOR_DEDICATED_QUEUES = env_bool("LEVQOR_DEDICATED_QUEUES", False)
 LEVQOR_QUEUE_CAPACITY = int(os.environ.get("LEVQOR_QUEUE_CAPACITY", "1000"))
 # A slot of a tenant's worker pool is a lease of this many seconds (at least a task's time
 # limit), so a worker that dies holding one frees it by itself.

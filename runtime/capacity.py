@@ -21,8 +21,9 @@ exact, so a count that drifted (a purged queue) mends itself.
 
 Where it applies: tenant tasks (tenants/tasks_base.py) dispatched with `delay_for` /
 `apply_for` and run by any worker; the hook is registered by RuntimeConfig.ready. The
-pool is a concurrency allowance on the shared workers; tenants with the
-`dedicated_workers` feature get the same accounting (no dedicated pool exists yet).
+pool is a concurrency allowance on the workers; with LEVQOR_DEDICATED_QUEUES on, tenants
+with the `dedicated_workers` feature have their tasks sent to their own queue, `tenant-<id>`,
+served by their own workers (docs/deploy.md), with the same accounting inside it.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def redis_key(tenant_id: int, what: str) -> str:
 
 
 def limits_of(tenant_id: int) -> dict:
-    """{"worker_pool_max", "queue_cap"} of the tenant's plan."""
+    """{"worker_pool_max", "queue_cap", "queue"} of the tenant's plan; `queue` is its
+    dedicated Celery queue, or None for the shared one."""
     from policy.plans import plan_limits
     from tenants.models import Tenant
 
@@ -58,7 +60,17 @@ def limits_of(tenant_id: int) -> dict:
     limits = plan_limits(plan)
     share = limits.get("queue_share", DEFAULT_QUEUE_SHARE)
     return {"worker_pool_max": max(1, int(limits.get("worker_pool_max", DEFAULT_POOL_MAX))),
-            "queue_cap": max(1, math.floor(settings.LEVQOR_QUEUE_CAPACITY * share / 100))}
+            "queue_cap": max(1, math.floor(settings.LEVQOR_QUEUE_CAPACITY * share / 100)),
+            "queue": dedicated_queue(tenant_id, plan)}
+
+
+def dedicated_queue(tenant_id: int, plan: str) -> str | None:
+    """`tenant-<id>` for a plan with `dedicated_workers` when LEVQOR_DEDICATED_QUEUES is on."""
+    from policy.plans import plan_has
+
+    if settings.LEVQOR_DEDICATED_QUEUES and plan_has(plan, "dedicated_workers"):
+        return f"tenant-{tenant_id}"
+    return None
 
 
 # --- dispatch: the shared queue, or the tenant's holding list -------------------------------
@@ -85,6 +97,8 @@ def dispatch(task, tenant_id: int, args=(), kwargs: dict | None = None, **option
     or None when the task was held."""
     kwargs = {**(kwargs or {}), "tenant_id": tenant_id}
     caps = limits_of(tenant_id)
+    if caps["queue"]:
+        options = {**options, "queue": caps["queue"]}  # its own workers, whatever the caller named
     try:
         sent_now = redis_client().register_script(_ADMIT)(
             keys=[redis_key(tenant_id, "queued"), redis_key(tenant_id, "held"), HELD_TENANTS],

@@ -16,6 +16,7 @@ from levqor.errors import APIError
 
 def tenant_redeploy(*, tenant, actor: str):
     from policy.plans import plan_limits
+    from runtime.capacity import dedicated_queue
     from tenants import broker, hotcache
     from tenants.models import Domain, TenantRuntime
 
@@ -24,14 +25,17 @@ def tenant_redeploy(*, tenant, actor: str):
     domain = Domain.objects.filter(tenant=tenant, is_primary=True).values_list("domain", flat=True).first() or ""
     with transaction.atomic():
         runtime, _ = TenantRuntime.dangerously_all_tenants.select_for_update().get_or_create(tenant=tenant)
-        before = {"limits": runtime.limits_json, "domain": runtime.domain}
+        before = {"limits": runtime.limits_json, "domain": runtime.domain, "queue": (runtime.env_json or {}).get("queue")}
         runtime.limits_json = plan_limits(tenant.plan)
         runtime.domain = domain
-        runtime.env_json = {**(runtime.env_json or {}), "region": tenant.region, "isolation": tenant.isolation}
+        # Its dedicated Celery queue, when its plan and the platform have them (runtime/capacity.py).
+        queue = dedicated_queue(tenant.id, tenant.plan)
+        env = {k: v for k, v in (runtime.env_json or {}).items() if k != "queue"}
+        runtime.env_json = {**env, "region": tenant.region, "isolation": tenant.isolation, **({"queue": queue} if queue else {})}
         runtime.last_deploy_at = timezone.now()
         runtime.save()
         hotcache.bump()
-        after = {"limits": runtime.limits_json, "domain": runtime.domain}
+        after = {"limits": runtime.limits_json, "domain": runtime.domain, "queue": queue}
         changed = sorted(k for k in before if before[k] != after[k])
         audit.record("config.changed", tenant_id=tenant.id, actor=actor,
                      metadata={"what": "redeploy", "changed": changed, "deployed_at": runtime.last_deploy_at})

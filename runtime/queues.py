@@ -37,21 +37,31 @@ def _broker_client() -> redis.Redis | None:
     return _broker(url) if url.startswith(("redis://", "rediss://", "unix://")) else None
 
 
+def _queues(broker) -> list[str]:
+    """LEVQOR_METRICS_QUEUES, and the tenants' dedicated queues (`tenant-<id>`) when on."""
+    queues = list(settings.LEVQOR_METRICS_QUEUES)
+    if settings.LEVQOR_DEDICATED_QUEUES:
+        found = {key.decode().split("\x06")[0] for key in broker.scan_iter(match="tenant-*", count=500)}
+        queues += sorted(q for q in found if q[len("tenant-"):].isdigit())
+    return queues
+
+
 def queue_lengths() -> dict[str, int] | None:
     """Waiting tasks per queue (all priorities), or None when the broker is not Redis or down."""
     broker = _broker_client()
     if broker is None:
         return None
     try:
+        queues = _queues(broker)
         pipe = broker.pipeline(transaction=False)
-        for queue in settings.LEVQOR_METRICS_QUEUES:
+        for queue in queues:
             for suffix in PRIORITY_SUFFIXES:
                 pipe.llen(queue + suffix)
         sizes = pipe.execute()
     except redis.RedisError:
         return None
     n = len(PRIORITY_SUFFIXES)
-    return {queue: sum(sizes[i * n:(i + 1) * n]) for i, queue in enumerate(settings.LEVQOR_METRICS_QUEUES)}
+    return {queue: sum(sizes[i * n:(i + 1) * n]) for i, queue in enumerate(queues)}
 
 
 def tenant_of(raw: bytes) -> int | None:
@@ -75,7 +85,7 @@ def _scan() -> tuple[dict[int, int], bool]:
     if broker is None:
         return counts, False
     try:
-        for queue in settings.LEVQOR_METRICS_QUEUES:
+        for queue in _queues(broker):
             for suffix in PRIORITY_SUFFIXES:
                 key = queue + suffix
                 messages = broker.lrange(key, 0, SCAN_LIMIT - 1)
