@@ -23,6 +23,7 @@ from tenants.models import Tenant
 GROUPINGS = ("industry", "size_band")
 LOCK_ID = 0x4C564650  # pg advisory lock: one release at a time, so two cannot both pass the budget check
 FLOAT_SLACK = 1e-9  # OpenDP's binary search lands just under the target epsilon; sums may round above
+MIN_K = 5  # the floor settings.py also applies; kept here so an override cannot publish a smaller bucket
 
 
 class BudgetExhausted(Exception):
@@ -115,6 +116,13 @@ def payload_for(period: str, published: dict, *, k: int, epsilon: float) -> dict
     }
 
 
+def threshold() -> int:
+    """k for this release: the configured one, never below MIN_K. settings.py floors the
+    environment variable at import, but settings can be replaced at run time (tests,
+    override_settings); the release must not depend on that having happened."""
+    return max(MIN_K, int(settings.LEVQOR_FEDERATION_K))
+
+
 def aggregate(period: str | None = None, *, progress_factory=None) -> Release:
     """Build and store one release. Raises BudgetExhausted (storing nothing) when the
     configured epsilon would take the total past LEVQOR_FEDERATION_EPSILON_CAP."""
@@ -123,7 +131,7 @@ def aggregate(period: str | None = None, *, progress_factory=None) -> Release:
     memberships = participants().count()
     progress = progress_factory(memberships) if progress_factory else None
     contributions = collect(period, progress)
-    k, cap = settings.LEVQOR_FEDERATION_K, settings.LEVQOR_FEDERATION_EPSILON_CAP
+    k, cap = threshold(), settings.LEVQOR_FEDERATION_EPSILON_CAP
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_ID])

@@ -7,7 +7,7 @@ from django.test import Client
 from compliance.models import AuditEvent
 from federation import aggregate as agg
 from federation.models import FederationMembership
-from tenants.models import TenantUser
+from tenants.models import TenantKey, TenantUser
 from tests.conftest import client_for
 from tests.federation.conftest import PERIOD, add_runs
 
@@ -76,6 +76,24 @@ def test_org_insights_shows_own_numbers_beside_industry_percentiles(opted_in):
     status = client_for(tenants[0][1], tenant).get("/api/org/federation").json()
     assert status["own"]["workflow_runs"] == 37
     assert set(status["industry_percentiles"]["workflow_runs"]) == {"p25", "p50", "p75"}
+
+
+def test_an_admin_opts_in_by_api_and_portal(make_tenant):
+    tenant, key = make_tenant()
+    admin_api = client_for(_key(key, tenant, "admin"), tenant)
+    on = admin_api.post("/api/org/federation", {"opted_in": True, "industry": "software"}, format="json")
+    assert on.status_code == 200 and on.json()["opted_in"] is True
+    assert agg.participants().filter(tenant=tenant).exists()
+    admin = _member(tenant, "admin")
+    page = admin.post("/org/insights", {"industry": "media"}, follow=True)  # unticked: opts out
+    assert "not shared" in page.content.decode()
+    admin.post("/org/insights", {"opted_in": "on", "industry": "media"}, follow=True)
+    membership = FederationMembership.dangerously_all_tenants.get(tenant=tenant)
+    assert membership.opted_in and membership.industry == "media"
+    actors = list(AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant.id, event="federation.opted_in")
+                  .order_by("id").values_list("actor", flat=True))
+    admin_key = TenantKey.dangerously_all_tenants.get(tenant=tenant, role="admin")
+    assert actors == [f"key:{admin_key.prefix}", f"user:admin@{tenant.slug}.test"]
 
 
 def test_owner_opts_in_from_the_portal(make_tenant):

@@ -130,3 +130,78 @@ def test_a_tenant_pays_only_for_figures_it_feeds(opted_in):
     """Withheld buckets cost nothing; a release's epsilon is the largest any tenant paid."""
     opted_in(4, "healthcare")
     assert agg.aggregate(PERIOD).epsilon == 0  # nothing published, nothing spent
+
+
+def test_opt_out_with_k_still_in_keeps_the_bucket_published_from_the_rest(opted_in, settings):
+    tenants = opted_in(settings.LEVQOR_FEDERATION_K + 1, "media")
+    leaving, _ = tenants[0]
+    with tenant_context(leaving):
+        services.federation_update(tenant_id=leaving.id, opted_in=False, industry="media", actor="test")
+    remaining = agg.collect(PERIOD)
+    assert len(remaining) == settings.LEVQOR_FEDERATION_K
+    release = agg.aggregate(PERIOD)
+    figures = _published(release)["media"]["workflow_runs"]
+    assert figures["p25"] <= figures["p50"] <= figures["p75"]
+    assert 0 < release.epsilon <= settings.LEVQOR_FEDERATION_EPSILON * (1 + 1e-9)
+
+
+def test_k_of_six_withholds_a_bucket_of_five(opted_in, settings):
+    settings.LEVQOR_FEDERATION_K = 6
+    opted_in(5, "retail")
+    release = agg.aggregate(PERIOD)
+    assert release.k == 6 and release.payload["k"] == 6
+    assert "retail" not in json.dumps(release.payload["groups"]) and release.epsilon == 0
+
+
+def test_k_never_goes_below_five_even_when_the_setting_does(opted_in, settings):
+    """settings.py floors LEVQOR_FEDERATION_K at 5 when it reads the environment; the
+    aggregation applies the same floor itself, so a setting replaced later cannot lower it."""
+    settings.LEVQOR_FEDERATION_K = 2
+    opted_in(4, "retail")
+    release = agg.aggregate(PERIOD)
+    assert release.k == agg.MIN_K == 5
+    assert release.payload["groups"] == {}
+
+
+def test_budget_refusal_of_the_scheduled_release_alerts_staff_once(opted_in, settings):
+    from compliance.models import Alert
+    from federation.tasks import aggregate as task
+
+    settings.LEVQOR_FEDERATION_EPSILON = 1.0
+    settings.LEVQOR_FEDERATION_EPSILON_CAP = 1.5
+    opted_in(5, "education")
+    assert task.apply(args=[PERIOD]).get()["published"] is True
+    assert not Alert.objects.filter(kind="federation.budget_exhausted").exists()
+    for _ in range(3):  # the refusal repeats every month until someone acts: one alert
+        assert task.apply(args=[PERIOD]).get()["reason"] == "budget_exhausted"
+    alert = Alert.objects.get(kind="federation.budget_exhausted")
+    assert alert.audience == Alert.Audience.STAFF and alert.tenant_id is None and alert.resolved_at is None
+    assert "LEVQOR_FEDERATION_EPSILON_CAP" in alert.message and alert.metadata_json["cap"] == 1.5
+    assert Release.objects.count() == 1
+
+    settings.LEVQOR_FEDERATION_EPSILON_CAP = 2.5  # staff raise the cap: one more release, then a new alert
+    assert task.apply(args=[PERIOD]).get()["published"] is True
+    assert task.apply(args=[PERIOD]).get()["reason"] == "budget_exhausted"
+    assert sorted(Alert.objects.filter(kind="federation.budget_exhausted").values_list("metadata_json__cap", flat=True)) \
+        == [1.5, 2.5]
+
+
+def test_p95_latency_is_published_when_runtime_rollups_exist(opted_in):
+    from runtime import metrics
+    from runtime.models import MetricRollup
+    from tests.federation.conftest import IN_PERIOD
+
+    tenants = opted_in(5, "retail")
+    assert "p95_latency_ms" not in _published(agg.aggregate(PERIOD))["retail"]  # no rollups: skipped, not zero
+    for i, (tenant, _) in enumerate(tenants):
+        buckets = [0] * metrics.BUCKETS
+        buckets[metrics.bucket_of(40)] = 95  # 95 requests up to 50 ms, 5 up to 130 ms: p95 is the 50 ms bucket
+        buckets[metrics.bucket_of(120)] = 5
+        MetricRollup.dangerously_all_tenants.create(
+            tenant_id=tenant.id, seconds=3600, start=IN_PERIOD.replace(hour=i), requests=100, api_calls=100,
+            latency_buckets=buckets, latency_sum_ms=95 * 40 + 5 * 120, latency_max_ms=125.0 + i)
+    with tenant_context(tenants[0][0]):
+        assert services.own_kpis(tenants[0][0].id, PERIOD)["p95_latency_ms"] == 50.0
+    figures = _published(agg.aggregate(PERIOD))["retail"]["p95_latency_ms"]
+    assert set(figures) == {"p25", "p50", "p75"}
+    assert all(0 <= v <= kpis.METRIC_BY_NAME["p95_latency_ms"].upper for v in figures.values())
