@@ -46,7 +46,9 @@ def migrate_tenant_apps(conn, *, verbosity: int = 0, capture: bool = False) -> i
     """Apply the tenant apps' pending migrations on `conn` (schema already selected).
 
     With `capture`, the SQL each migration runs is stored (TenantMigrationScript) so that
-    `tenants.fleet` can replay it on every tenant without loading the migration graph.
+    `tenants.fleet` can replay it on every tenant without loading the migration graph. Each
+    script is saved as soon as its migration succeeds: a run interrupted at migration k keeps
+    the scripts of 1..k-1 (already applied on the template, so never captured again).
     """
     executor = MigrationExecutor(conn)
     labels = set(tenant_app_labels())
@@ -59,6 +61,8 @@ def migrate_tenant_apps(conn, *, verbosity: int = 0, capture: bool = False) -> i
     if not capture:
         executor.migrate(targets, plan=plan)
         return len(plan)
+    from tenants.models import TenantMigrationScript
+
     captured: dict[tuple[str, str], list] = {}
     current: list = [None]
 
@@ -67,7 +71,9 @@ def migrate_tenant_apps(conn, *, verbosity: int = 0, capture: bool = False) -> i
             current[0] = (migration.app_label, migration.name)
             captured[current[0]] = []
         elif action == "apply_success":
-            current[0] = None
+            key, current[0] = current[0], None  # stop capturing before our own write
+            if key and not fake:
+                _save_script(TenantMigrationScript, migration, captured.pop(key, []))
 
     def record(execute, sql, params, many, context):
         text = sql.strip()
@@ -80,14 +86,13 @@ def migrate_tenant_apps(conn, *, verbosity: int = 0, capture: bool = False) -> i
     executor.progress_callback = progress
     with conn.execute_wrapper(record):
         executor.migrate(targets, plan=plan)
-    from tenants.models import TenantMigrationScript
-
-    for migration, _backwards in plan:
-        key = (migration.app_label, migration.name)
-        replayable = all(type(op).__name__ in REPLAYABLE_OPERATIONS for op in migration.operations)
-        TenantMigrationScript.objects.update_or_create(
-            app=key[0], name=key[1], defaults={"statements": captured.get(key, []), "replayable": replayable})
     return len(plan)
+
+
+def _save_script(model, migration, statements: list) -> None:
+    replayable = all(type(op).__name__ in REPLAYABLE_OPERATIONS for op in migration.operations)
+    model.objects.update_or_create(app=migration.app_label, name=migration.name,
+                                   defaults={"statements": statements, "replayable": replayable})
 
 
 def ordered_expected_migrations() -> list[tuple[str, str]]:

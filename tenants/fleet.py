@@ -10,7 +10,10 @@
   on `workers` threads (each with its own connection). The first failure stops the run:
   nothing new is started, and the failure is recorded.
 - **Progress and resume.** A progress bar while it runs; a per-tenant status row
-  (`manage.py fleet_status`). Running again resumes: finished tenants are skipped.
+  (`manage.py fleet_status`). At the start every tenant to migrate is marked `pending` and
+  the rows of tenants found current are cleared, so after a stop the table says exactly
+  which tenants failed, which were `running` when the process died, and which never
+  started. Running again resumes: finished tenants are skipped by the cheap check.
 """
 from __future__ import annotations
 
@@ -119,6 +122,20 @@ def _record(tenant, status: str, applied, error: str = "", seconds: float = 0.0)
                                  "seconds": round(seconds, 3)})
 
 
+def _start_status_table(todo) -> None:
+    """The table describes this run only: every tenant it will migrate is `pending`, every
+    other row (tenants found current, or left over from an earlier run) is cleared. After a
+    stop, `pending` rows are exactly the tenants that never started."""
+    from tenants.models import FleetMigrationStatus
+
+    rows = [FleetMigrationStatus(tenant=t, status="pending", applied=[], error="", seconds=0) for t in todo]
+    with transaction.atomic():
+        FleetMigrationStatus.objects.exclude(tenant_id__in=[t.pk for t in todo]).delete()
+        FleetMigrationStatus.objects.bulk_create(
+            rows, batch_size=1000, update_conflicts=True, unique_fields=["tenant"],
+            update_fields=["status", "applied", "error", "seconds", "updated_at"])
+
+
 def migrate_fleet(*, stdout=None, workers: int = 2, canary: int | None = None) -> dict:
     from tenants.models import Tenant, TenantMigrationScript
 
@@ -133,6 +150,7 @@ def migrate_fleet(*, stdout=None, workers: int = 2, canary: int | None = None) -
     todo += [t for t in tenants if t.isolation == Tenant.Isolation.DATABASE]  # checked inside, one query each
     result = {"checked": len(tenants), "behind": len(todo), "replayed": 0, "migrated": 0, "up_to_date": 0,
               "failed": 0}
+    _start_status_table(todo)
     if not todo:
         if stdout:
             stdout.write(f"Tenants checked: {len(tenants)}; all at the blueprint.")
@@ -140,13 +158,18 @@ def migrate_fleet(*, stdout=None, workers: int = 2, canary: int | None = None) -
     bar = ProgressBar(len(todo), label="tenants", stream=stdout) if stdout else None
     lock = threading.Lock()
     failures: list[str] = []
+    stop = threading.Event()  # set by the first failure: queued tenants are not started
 
     def one(tenant):
+        if stop.is_set():
+            return  # a pool worker can dequeue the next tenant before the main thread cancels it
         started = time.monotonic()
         try:
+            _record(tenant, "running", [])
             try:
                 how, applied = migrate_tenant(tenant, order=order, scripts=scripts)
             except Exception as exc:
+                stop.set()
                 with lock:
                     result["failed"] += 1
                     failures.append(f"{tenant.slug}: {type(exc).__name__}: {exc}")
@@ -177,7 +200,7 @@ def migrate_fleet(*, stdout=None, workers: int = 2, canary: int | None = None) -
                         raise future.exception()
     except FleetMigrationFailed:
         if bar:
-            bar.finish()
+            bar.end()  # the line stays at what was done: a stopped run never shows n/n
         raise FleetMigrationFailed("stopped at the first failure: " + "; ".join(failures[:3]))
     if bar:
         bar.finish()

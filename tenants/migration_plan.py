@@ -571,11 +571,9 @@ def rollback(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
     return report
 
 
-def drop_legacy(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
-    """Drop the legacy schema, never before M4 + 14 days (the rollback path until then)."""
-    report = Report("drop", dry_run)
-    done = legacy.steps_done()
-    schema = legacy.legacy_schema()
+def _refuse_drop_too_early(done: dict, schema: str) -> None:
+    """The 14-day rule, computed from the recorded M4 time (a rollback and a re-run of M4
+    move it): refuses before M4 + legacy.DROP_AFTER."""
     if "m4" not in done:
         raise PlanRefused(f"refusing to drop {schema}: M4 has not run (or was rolled back), and the legacy layout is "
                           f"the rollback path until M4 + {legacy.DROP_AFTER.days} days")
@@ -586,6 +584,13 @@ def drop_legacy(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
         raise PlanRefused(f"refusing to drop {schema} before {allowed_from:%Y-%m-%d %H:%M} UTC: M4 ran at "
                           f"{done['m4']:%Y-%m-%d %H:%M} UTC and the legacy copy is kept {legacy.DROP_AFTER.days} days "
                           f"for rollback ({left.days} days {left.seconds // 3600} hours left)")
+
+
+def drop_legacy(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
+    """Drop the legacy schema, never before M4 + 14 days (the rollback path until then)."""
+    report = Report("drop", dry_run)
+    schema = legacy.legacy_schema()
+    _refuse_drop_too_early(legacy.steps_done(), schema)
     org = _org_or_refuse()
     if org.schema_name == schema or schema in (settings.PUBLIC_SCHEMA_NAME, settings.LEVQOR_TEMPLATE_SCHEMA):
         raise PlanRefused(f"refusing to drop {schema}: it is in use")
@@ -600,8 +605,9 @@ def drop_legacy(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
     bar = progress(1, f"dropping {schema}")
     with transaction.atomic(), connection.cursor() as cursor:
         org = _locked_org(cursor, lives_in=org.schema_name)
-        if "m4" not in legacy.steps_done():  # a rollback got in first
-            raise PlanRefused(f"refusing to drop {schema}: M4 was rolled back")
+        # Again under the plan lock: a rollback (and a fresh M4) may have got in since the
+        # check above, moving or clearing the M4 time.
+        _refuse_drop_too_early(legacy.steps_done(), schema)
         cursor.execute(f"DROP SCHEMA {_q(schema)} CASCADE")
         _record("drop", actor=actor, org=org, details={"schema": schema, "tables": found})
     bar.finish()

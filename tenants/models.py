@@ -237,7 +237,7 @@ class FleetMigrationStatus(models.Model):
     """Per-tenant result of the last fleet migration (`manage.py fleet_status`)."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="migration_status")
-    status = models.CharField(max_length=16)  # up_to_date | replayed | migrated | failed
+    status = models.CharField(max_length=16)  # pending | running | up_to_date | replayed | migrated | failed
     applied = models.JSONField(default=list)
     error = models.TextField(blank=True)
     seconds = models.FloatField(default=0)

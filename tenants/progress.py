@@ -24,6 +24,10 @@ class ProgressBar:
         self.done = self.total
         self._draw(final=True)
 
+    def end(self) -> None:
+        """End the line where the work stopped (a failure): never draws a full bar."""
+        self._draw(final=True)
+
     def _draw(self, final: bool = False) -> None:
         filled = int(self.width * self.done / self.total)
         elapsed = time.monotonic() - self.started
