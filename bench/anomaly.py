@@ -19,11 +19,21 @@ API calls drop (to 2 %).
 
 Figures: recall (injected anomalies found while they lasted), the share found within 5
 simulated minutes, detection delay (max and p95, minutes from the anomaly's first minute
-to the detector's run that opened it), and false alerts (episodes not matching an
-injection of the same tenant and metric) per tenant per week. `--no-history` replays a
+to the detector's run that opened it), and false alerts per tenant per week.
+
+Scoring. An injection is found by the first episode of its tenant and metric that the
+detector *opened* at or after the injection's onset and no later than 2 minutes after its
+end (the run judging its last minute). An episode already open at the onset does not
+count: it was raised by something else, and counting it would credit the detector with a
+detection it never made. Every other episode is a false alert: those of other metrics,
+those not during an injection (an episode open before an onset included), and a second
+or later episode opened during the same injection (the detector flapped on it).
+
+Exits 1 when the target is missed (so CI and scripts can rely on the exit status), 0
+when it is met. `--no-history` replays a
 tenant's first week instead (only the recent median/MAD baseline), for comparison.
 
-Run: .venv/bin/python bench/anomaly.py [--tenants 100] [--seed 7] [--no-history]
+Run: .venv/bin/python bench/anomaly.py [--tenants 100] [--seed 7] [--no-history] [--no-save]
 Target: every injected anomaly found within 5 minutes; <= 1 false alert per tenant per week.
 """
 from __future__ import annotations
@@ -261,19 +271,17 @@ def score(tenants: list[Tenant], episodes_by_tenant: dict[int, list[dict]]) -> d
     injected = 0
     for tenant in tenants:
         episodes = episodes_by_tenant[tenant.index]
-        matched = set()
+        matched = set()  # the one episode that found each injection
         for inj in tenant.injections:
             injected += 1
-            hits = [e for e in episodes if e["metric"] == inj["metric"]
-                    and inj["onset"] <= e["detected_at"] <= inj["end"] + 2 * MIN
-                    or e["metric"] == inj["metric"] and e["detected_at"] < inj["onset"]
-                    and (e["resolved_at"] is None or e["resolved_at"] > inj["onset"])]
+            hits = [e for e in episodes if e["metric"] == inj["metric"] and id(e) not in matched
+                    and inj["onset"] <= e["detected_at"] <= inj["end"] + 2 * MIN]
             if not hits:
                 missed.append({"tenant": tenant.index, "kind": inj["kind"], "onset": inj["onset"]})
                 continue
             first = min(hits, key=lambda e: e["detected_at"])
-            matched.update(id(e) for e in hits)
-            delay = max(0.0, (first["detected_at"] - inj["onset"]) / MIN)
+            matched.add(id(first))  # the others opened during it are false alerts (below)
+            delay = (first["detected_at"] - inj["onset"]) / MIN
             delays.append(delay)
             found += 1
             within += delay <= TARGET["max_delay_minutes"]
@@ -343,6 +351,11 @@ def main() -> int:
     if not args.no_save:
         name = "anomaly_no_history.json" if args.no_history else "anomaly.json"
         (ROOT / "bench" / "results" / name).write_text(json.dumps(result, indent=2) + "\n")
+    if not result["meets_target"]:
+        log(f"target missed: found within 5 min {result['found_within_5_min']} (want 1.0), "
+            f"false alerts per tenant-week {result['false_alerts_per_tenant_week']} "
+            f"(want <= {TARGET['false_alerts_per_tenant_week']})")
+        return 1
     return 0
 
 

@@ -7,7 +7,11 @@ that applies:
 - webhook: LEVQOR_ALERT_WEBHOOK_URL (with LEVQOR_ALERT_WEBHOOK_SECRET), every alert, JSON
   signed like the SIEM webhooks: `X-Levqor-Signature: sha256=<HMAC of "<timestamp>.<body>">`
   with `X-Levqor-Timestamp`; `X-Levqor-Delivery` is a stable id, so a receiver can drop a
-  repeat sent after a timeout it had in fact accepted. Through the SSRF guard;
+  repeat sent after a timeout it had in fact accepted. Through the SSRF guard and the
+  `webhook:alerts` circuit breaker (runtime/breakers.py): a non-2xx answer or no answer
+  counts as a failure; while the breaker is open nothing is sent and the delivery stays
+  `pending` without using up an attempt, so the task's retries and the sweep send it once
+  the breaker closes (its probe, runtime/breaker_probes.py, or auto-heal's open_breakers);
 - staff email: LEVQOR_ALERT_EMAILS, every alert;
 - tenant email: tenant-audience alerts, to the tenant's owners and admins (or, before any
   member signed in, the signup's admin email).
@@ -50,6 +54,7 @@ from tenants.provisioning import Provisioning, provisioning_finished
 
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
+WEBHOOK_BREAKER = "webhook:alerts"
 TIMEOUT_SECONDS = 5.0
 ERROR_WINDOW_MINUTES = 5
 SWEEP_LOOKBACK = timedelta(hours=1)
@@ -120,15 +125,21 @@ def deliver(alert_id: int, channel: str) -> str:
                .get(alert_id=alert_id, channel=channel))
         if row.status != AlertDelivery.Status.PENDING:
             return row.status
-        row.attempts += 1
         try:
             _SENDERS[channel](row.alert)
+        except outbound.CircuitOpen as exc:
+            # Not sent, and not an attempt: it waits for the breaker to close (retries, sweep).
+            row.last_error = f"{type(exc).__name__}: {exc.message}"[:500]
+            row.save(update_fields=["last_error"])
+            return row.status
         except (DeliveryFailed, APIError, OSError) as exc:  # OSError: requests' and smtplib's errors
+            row.attempts += 1
             row.last_error = f"{type(exc).__name__}: {exc}"[:500]
             if row.attempts >= MAX_ATTEMPTS:
                 row.status = AlertDelivery.Status.FAILED
                 logger.error("gave up delivering alert %s to %s: %s", alert_id, channel, row.last_error)
         else:
+            row.attempts += 1
             row.status, row.sent_at, row.last_error = AlertDelivery.Status.SENT, timezone.now(), ""
         row.save(update_fields=["status", "attempts", "last_error", "sent_at"])
     return row.status
@@ -143,14 +154,24 @@ def webhook_payload(alert: Alert) -> dict:
             "metadata": alert.metadata_json, "created_at": alert.created_at.isoformat()}
 
 
-def _send_webhook(alert: Alert) -> None:
-    body = json.dumps(webhook_payload(alert), separators=(",", ":"), default=str).encode()
+def signed_headers(body: bytes, delivery_id: str) -> dict[str, str]:
+    """The headers of a webhook request (module docstring); the probe signs the same way."""
     timestamp = str(int(time.time()))
     signature = hmac.new(settings.LEVQOR_ALERT_WEBHOOK_SECRET.encode(), timestamp.encode() + b"." + body,
                          hashlib.sha256).hexdigest()
-    response = outbound.post(settings.LEVQOR_ALERT_WEBHOOK_URL, body=body, timeout=TIMEOUT_SECONDS, headers={
-        "Content-Type": "application/json", "X-Levqor-Timestamp": timestamp,
-        "X-Levqor-Signature": f"sha256={signature}", "X-Levqor-Delivery": f"alert-{alert.pk}"})
+    return {"Content-Type": "application/json", "X-Levqor-Timestamp": timestamp,
+            "X-Levqor-Signature": f"sha256={signature}", "X-Levqor-Delivery": delivery_id}
+
+
+def _send_webhook(alert: Alert) -> None:
+    """Through the breaker, so a receiver that is down is not hammered by every alert's
+    retries; raises CircuitOpen (nothing sent) while it is open."""
+    body = json.dumps(webhook_payload(alert), separators=(",", ":"), default=str).encode()
+    with outbound.guard(WEBHOOK_BREAKER) as call:
+        response = outbound.post(settings.LEVQOR_ALERT_WEBHOOK_URL, body=body, timeout=TIMEOUT_SECONDS,
+                                 headers=signed_headers(body, f"alert-{alert.pk}"))
+        if not 200 <= response.status_code < 300:
+            call.failed(f"HTTP {response.status_code}")
     if not 200 <= response.status_code < 300:
         raise DeliveryFailed(f"HTTP {response.status_code}")
 

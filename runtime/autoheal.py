@@ -26,8 +26,8 @@ Playbooks:
   worker's), re-count its waiting tasks, and send its held tasks, within the plan's cap.
 - `requeue_stuck_runs`: workflow runs `running` for over LEVQOR_AUTOHEAL_STUCK_MINUTES
   are failed (marked as requeued) and run again in the background.
-- `open_breakers`: the tenant's downstreams (its SIEM streams; Stripe when billing is on)
-  are probed; those failing get their circuit breaker opened (runtime/breakers.py). Every
+- `open_breakers`: the tenant's downstreams (its SIEM streams; Stripe when billing is on;
+  the staff alert webhook `webhook:alerts` when one is set) are probed; those failing get their circuit breaker opened (runtime/breakers.py). Every
   run then probes the breakers auto-heal opened, and a successful probe closes them.
 """
 from __future__ import annotations
@@ -126,6 +126,10 @@ def downstreams(tenant: Tenant) -> list[str]:
              .order_by("pk").values_list("pk", flat=True)]
     if settings.STRIPE_SECRET_KEY:
         names.append("stripe")
+    if settings.LEVQOR_ALERT_WEBHOOK_URL:
+        from runtime.alerting import WEBHOOK_BREAKER
+
+        names.append(WEBHOOK_BREAKER)  # fleet-wide: where this tenant's alerts go out
     return names
 
 

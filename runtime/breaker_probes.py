@@ -7,6 +7,9 @@ dependency, made without going through its breaker. `breakers.probe(name)` runs 
 - `siem:<stream id>`: POST an empty batch in the stream's format, through the SSRF guard;
   healthy when the receiver answers below 500 and not 429 (it is up, even if it has
   nothing to accept).
+- `webhook:alerts`: POST a signed `{"probe": true}` (header `X-Levqor-Probe: 1`, delivery
+  id `probe-<timestamp>`, not an alert) to LEVQOR_ALERT_WEBHOOK_URL, through the SSRF
+  guard; healthy when the receiver answers below 500 and not 429.
 - `replica:<region>`: `SELECT pg_is_in_recovery()` on the region's replica within
   LEVQOR_HEALTH_CHECK_TIMEOUT; healthy when it answers (a promoted replica answers too:
   whether it is still a standby is the DR coverage's question, not the breaker's).
@@ -53,6 +56,23 @@ def probe_siem(name: str) -> bool:
     return response.status_code < 500 and response.status_code != 429
 
 
+def probe_alert_webhook(name: str) -> bool:
+    import json
+    import time
+
+    from django.conf import settings
+
+    from runtime import alerting
+
+    if not (settings.LEVQOR_ALERT_WEBHOOK_URL and settings.LEVQOR_ALERT_WEBHOOK_SECRET):
+        return False
+    body = json.dumps({"probe": True}).encode()
+    headers = {**alerting.signed_headers(body, f"probe-{int(time.time())}"), "X-Levqor-Probe": "1"}
+    response = outbound.post(settings.LEVQOR_ALERT_WEBHOOK_URL, body=body, headers=headers,
+                             timeout=alerting.TIMEOUT_SECONDS)
+    return response.status_code < 500 and response.status_code != 429
+
+
 def probe_replica(name: str) -> bool:
     import dj_database_url
     from django.conf import settings
@@ -72,3 +92,4 @@ def register() -> None:
     breakers.register_probe("notion", probe_notion)
     breakers.register_probe("siem", probe_siem)
     breakers.register_probe("replica", probe_replica)
+    breakers.register_probe("webhook:alerts", probe_alert_webhook)

@@ -9,7 +9,7 @@ and each region's replica.
         if response.status_code >= 500:
             call.failed(f"HTTP {response.status_code}")   # answered, but as a failure
 
-Names: `stripe`, `notion`, `siem:<stream id>`, `replica:<region>`.
+Names: `stripe`, `notion`, `siem:<stream id>`, `replica:<region>`, `webhook:alerts` (the staff alert webhook).
 
 States. **closed**: calls go through; an exception out of the block (other than the
 `ignore` types: a 4xx that is the caller's fault means the dependency answered) or

@@ -15,7 +15,7 @@ from django.utils import timezone
 from compliance.alerts import alert_raise
 from compliance.models import Alert
 from levqor.celery import app as celery_app
-from runtime import alerting, metrics
+from runtime import alerting, breakers, metrics
 from runtime.metrics_tasks import deliver_alert
 from runtime.models import AlertDelivery, MetricRollup
 from tenants.models import TenantUser
@@ -41,6 +41,14 @@ def receiver(settings):
     settings.LEVQOR_ALERT_WEBHOOK_SECRET = SECRET
     yield r
     r.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers():
+    """Each test starts with the alert webhook's breaker closed and its count at zero."""
+    breakers.forget()
+    yield
+    breakers.forget()
 
 
 def _raise(django_capture_on_commit_callbacks, **fields):
@@ -219,3 +227,57 @@ def test_the_sweep_sends_what_the_broker_missed(db, receiver, eager):
     assert alerting.sweep() == 1
     assert len(receiver.requests) == 1
     assert alerting.sweep() == 0
+
+
+def test_a_failing_receiver_opens_the_breaker_deliveries_wait_and_a_healthy_probe_closes_it(db, receiver, settings):
+    """The receiver answers 503: after LEVQOR_BREAKER_FAILURES failures the breaker opens and
+    deliveries stop reaching it, without using up their attempts; once it is healthy its
+    probe closes the breaker and the waiting alerts go out (the retry or the sweep)."""
+    settings.LEVQOR_BREAKER_FAILURES, settings.LEVQOR_BREAKER_COOLDOWN_SECONDS = 3, 300
+    receiver.fail_next = 3
+    alerts = [alert_raise(kind="test.kind", message=f"alert {i}", audience="staff") for i in range(3)]
+    assert [alerting.deliver(a.pk, "webhook") for a in alerts] == ["pending"] * 3
+    assert breakers.state(alerting.WEBHOOK_BREAKER) == "open"
+
+    receiver.fail_next = 5  # still down: while open, the receiver is not called at all
+    for _ in range(3):
+        assert alerting.deliver(alerts[0].pk, "webhook") == "pending"
+    assert receiver.fail_next == 5 and receiver.requests == []
+    first = AlertDelivery.objects.get(alert=alerts[0])
+    assert first.attempts == 1 and first.status == "pending"  # waiting on the breaker is not an attempt
+    assert first.last_error.startswith("BreakerOpen") and "circuit breaker is open" in first.last_error
+    late = alert_raise(kind="test.kind", message="raised while open", audience="staff")
+    Alert.objects.filter(pk__in=[a.pk for a in [*alerts, late]]).update(created_at=timezone.now() - timedelta(minutes=5))
+    assert alerting.deliver(late.pk, "webhook") == "pending"
+    assert AlertDelivery.objects.get(alert=late).attempts == 0
+
+    receiver.fail_next = 0  # back: the probe (signed, marked as a probe, not an alert) closes it
+    assert breakers.probe(alerting.WEBHOOK_BREAKER) is True
+    assert breakers.state(alerting.WEBHOOK_BREAKER) == "closed"
+    [probe] = receiver.requests
+    headers = {k.lower(): v for k, v in probe["headers"].items()}
+    assert headers["x-levqor-probe"] == "1" and json.loads(probe["body"]) == {"probe": True}
+    expected = hmac.new(SECRET.encode(), headers["x-levqor-timestamp"].encode() + b"." + probe["body"],
+                        hashlib.sha256).hexdigest()
+    assert headers["x-levqor-signature"] == f"sha256={expected}"
+
+    # Nothing was lost: the sweep queues every waiting alert, and each is sent once.
+    celery_app.conf.update(task_always_eager=True)
+    try:
+        assert alerting.sweep() == 4
+    finally:
+        celery_app.conf.update(task_always_eager=False)
+    sent = sorted(json.loads(r["body"])["id"] for r in receiver.requests[1:])
+    assert sent == sorted(f"alert-{a.pk}" for a in [*alerts, late])
+    assert set(AlertDelivery.objects.values_list("status", flat=True)) == {"sent"}
+
+
+def test_a_probe_of_a_receiver_still_down_keeps_the_breaker_open(db, receiver, settings):
+    settings.LEVQOR_BREAKER_FAILURES, settings.LEVQOR_BREAKER_COOLDOWN_SECONDS = 2, 300
+    receiver.fail_next = 10
+    alert = alert_raise(kind="test.kind", message="x", audience="staff")
+    alerting.deliver(alert.pk, "webhook")
+    alerting.deliver(alert.pk, "webhook")
+    assert breakers.state(alerting.WEBHOOK_BREAKER) == "open"
+    assert breakers.probe(alerting.WEBHOOK_BREAKER) is False
+    assert breakers.state(alerting.WEBHOOK_BREAKER) == "open"

@@ -14,8 +14,8 @@ import pytest
 from django.utils import timezone
 
 from compliance.models import Alert
-from runtime import anomaly, metrics
-from runtime.models import Anomaly, MetricRollup
+from runtime import anomaly, autoheal, metrics
+from runtime.models import Anomaly, AutohealRun, MetricRollup
 from tenants.models import Tenant
 from tests.conftest import client_for
 
@@ -114,6 +114,11 @@ def test_latency_step_in_one_tenant_is_found_for_it_only_within_the_delay_once(f
     record = _only(sick, "p95_ms")
     assert _fleet_anomalies([well, other]).count() == 0
     assert record.started_at == first_bad and record.resolved_at is None
+    # Auto-heal ran the p95 playbooks once for the sick tenant's episode (the later ticks
+    # of the same episode add none), and nothing for the others.
+    runs = AutohealRun.dangerously_all_tenants.filter(tenant_id__in=[sick.id, well.id, other.id])
+    assert sorted((r.tenant_id, r.anomaly_id, r.playbook) for r in runs) == sorted(
+        (sick.id, record.pk, name) for name in autoheal.PLAYBOOKS_BY_METRIC["p95_ms"])
     assert record.observed >= 600 and record.expected_low < 40 < record.expected_high < 200
     assert record.baseline == "recent"
     assert record.explanation.startswith(f"p95 latency {record.observed:.0f} ms, usually ")

@@ -176,10 +176,41 @@ def test_a_failing_siem_gets_its_breaker_opened_once_and_closed_when_its_probe_s
         assert breakers.state(name) == "closed"
         assert len(_runs(sick, "open_breakers")) == 1
         assert [e.metadata_json.get("action") for e in _autoheal_events(sick)] == ["opened_breakers", "closed_breaker"]
+        assert not _runs(well) and not _autoheal_events(well)  # the well tenant is left alone
     finally:
         receiver.close()
         if name:
             breakers.forget(name)
+
+
+def test_a_failing_alert_webhook_is_a_downstream_whose_breaker_auto_heal_opens_and_closes(two, settings):
+    from runtime.alerting import WEBHOOK_BREAKER
+    from tests.compliance.receivers import Receiver
+
+    sick, well, traffic, onset = two
+    settings.LEVQOR_OUTBOUND_ALLOW_HOSTS = ["127.0.0.1"]
+    receiver = Receiver()
+    receiver.fail_next = 10_000  # the staff alert receiver answers 503
+    settings.LEVQOR_ALERT_WEBHOOK_URL = receiver.url + "/alerts"
+    settings.LEVQOR_ALERT_WEBHOOK_SECRET = "alert-signing-secret-123"
+    try:
+        traffic.error_rate[sick.id] = 0.3
+        for i in range(5):
+            minute = onset + timedelta(minutes=i)
+            traffic.write(minute)
+            _tick(minute)
+        [opened] = _runs(sick, "open_breakers")
+        assert opened.status == "ok" and opened.detail_json["opened"] == [WEBHOOK_BREAKER]
+        assert breakers.state(WEBHOOK_BREAKER) == "open"
+
+        receiver.fail_next = 0
+        _tick(onset + timedelta(minutes=5))
+        assert breakers.state(WEBHOOK_BREAKER) == "closed"
+        assert any(r["headers"].get("X-Levqor-Probe") == "1" for r in receiver.requests)  # the probe reached it
+        assert not _runs(well)
+    finally:
+        receiver.close()
+        breakers.forget(WEBHOOK_BREAKER)
 
 
 def test_a_hibernated_tenant_with_an_anomaly_is_woken_once(two):
@@ -215,7 +246,8 @@ def test_a_playbook_failing_twice_pages_a_person_and_stops(two, settings):
     assert "ConnectionError" in page.message and "failed twice" in page.message
 
 
-@pytest.mark.parametrize("how", ["fleet_switch", "tenant_switch_all", "settings"])
+@pytest.mark.parametrize("how", ["fleet_switch", "tenant_switch_all", "settings", "fleet_switch_all",
+                                 "settings_all_off"])
 def test_switched_off_playbooks_do_not_run(two, settings, how):
     sick, well, traffic, onset = two
     Tenant.objects.filter(pk=sick.pk).update(hibernated_at=timezone.now() - timedelta(days=1))
@@ -223,16 +255,21 @@ def test_switched_off_playbooks_do_not_run(two, settings, how):
         autoheal.switch(playbook="wake_hibernated", enabled=False, actor="staff:ops")
     elif how == "tenant_switch_all":
         autoheal.switch(playbook="*", enabled=False, tenant_id=sick.id, actor="staff:ops")
+    elif how == "fleet_switch_all":
+        autoheal.switch(playbook="*", enabled=False, actor="staff:ops")
+    elif how == "settings_all_off":
+        settings.LEVQOR_AUTOHEAL_ENABLED = False
     else:
         settings.LEVQOR_AUTOHEAL_DISABLED = ["wake_hibernated"]
     _pile_up(traffic, sick, onset, 3)
     assert Anomaly.dangerously_all_tenants.filter(tenant_id=sick.id, resolved_at__isnull=True).exists()
     assert not _runs(sick, "wake_hibernated") and Tenant.objects.get(pk=sick.pk).hibernated_at is not None
-    if how == "tenant_switch_all":
-        assert not _runs(sick)
+    if how in ("tenant_switch_all", "fleet_switch_all", "settings_all_off"):
+        assert not _runs(sick) and not _autoheal_events(sick)  # no playbook at all, and no record
     # Switched on again while the anomaly is open: it runs at the next minute.
     AutohealSwitch.objects.all().delete()
     settings.LEVQOR_AUTOHEAL_DISABLED = []
+    settings.LEVQOR_AUTOHEAL_ENABLED = True
     _pile_up(traffic, sick, onset + timedelta(minutes=3), 1)
     assert [r.status for r in _runs(sick, "wake_hibernated")] == ["ok"]
 

@@ -105,8 +105,9 @@ def test_a_tenant_at_its_worker_pool_cap_queues_instead_of_growing(make_tenant, 
     assert _runs(core_key, core) == 0  # not run: the pool did not grow past the cap
     status = capacity.pool_status(core.id)
     assert (status["size"], status["running"], status["held"]) == (2, 2, 1)
-    assert [s for s in (capacity.start(run_workflow, pro.id, [], {}) for _ in range(3))] and \
-        capacity.pool_status(pro.id)["size"] == 3  # another tenant's pool grows meanwhile
+    pro_slots = [capacity.start(run_workflow, pro.id, [], {}) for _ in range(3)]
+    assert all(pro_slots) and len(set(pro_slots)) == 3  # each of pro's three tasks got its own slot
+    assert capacity.pool_status(pro.id)["size"] == 3  # another tenant's pool grows meanwhile
 
     capacity.finish(core.id, slots[0])  # one of core's tasks ends: the waiting one is sent
     assert [(t, a) for t, a, _ in broker()] == [(core.id, [wf])]

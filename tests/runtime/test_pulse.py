@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from compliance.alerts import alert_raise
 from runtime import metrics, pulse
-from runtime.models import MetricRollup
+from runtime.models import Backup, MetricRollup
+from tenants.models import Tenant
 from tests.conftest import client_for
 
 
@@ -57,6 +58,30 @@ def test_the_report_has_each_tenants_week_and_the_fleet(week):
     assert (report["fleet"]["requests"], report["fleet"]["errors"]) == (1010, 10)
     assert report["new_tenants"] == 2 and report["alerts"] == [("metrics.error_rate", 1)]
     assert dict(report["status_counts"]) == {"active": 2}
+
+
+def test_the_report_has_provisioning_dr_coverage_restores_and_uptime(week):
+    """Busy existed all week with 2 minutes with a 5xx, provisioned in 1 s; calm in 3 s, no
+    errors. Busy has a fresh backup restored twice this week (one verified); calm none."""
+    week_end, busy, calm = week
+    Tenant.objects.filter(pk=busy.pk).update(created_at=week_end - timedelta(days=7), provision_ms=1000)
+    Tenant.objects.filter(pk=calm.pk).update(provision_ms=3000)
+    at = (timezone.now() - timedelta(hours=1)).isoformat()
+    Backup.dangerously_all_tenants.create(
+        tenant_id=busy.id, region=busy.region, isolation=busy.isolation, status="ok",
+        manifest_json={"tables": [], "restore": {"at": at, "verified": False},  # the last report, and every attempt
+                       "restores": [{"at": at, "verified": True}, {"at": at, "verified": False}]})
+    report = pulse.build(week_end)
+    assert (report["provision_p50_ms"], report["provision_p95_ms"]) == (1000, 3000)
+    assert report["dr"] == {"tenants": 2, "backed_up": 1, "covered": 1, "share": 0.5}
+    assert (report["restores"], report["restore_success"]) == (2, 0.5)
+    rows = {row["tenant"].slug: row for row in report["tenants"]}
+    assert rows["busy-org"]["uptime"] == round(1 - 2 / (7 * 24 * 60), 5) and rows["calm-org"]["uptime"] == 1.0
+
+    _, text, html = pulse.render(report)
+    assert "DR coverage 50.0 % (1 of 2), restores verified 50.0 % of 2" in text
+    assert "time to provision p50 1000 ms, p95 3000 ms" in text
+    assert "DR coverage" in html and "1000 / 3000 ms" in html
 
 
 def test_the_html_report_renders_and_is_emailed_to_staff(week, settings):
