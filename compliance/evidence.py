@@ -12,10 +12,8 @@ import hashlib
 import io
 from datetime import datetime
 
-from django.conf import settings
 from django.core import signing
 from django.core.files.base import ContentFile
-from django.core.files.storage import FileSystemStorage
 from django.db import transaction
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
@@ -25,6 +23,7 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 
 from compliance import audit
 from compliance.models import AuditEvent, EvidenceReport
+from levqor.storage import region_storage  # a folder or S3; callers use evidence.region_storage
 from levqor.taskqueue import send_after_commit
 
 DOWNLOAD_SALT = "levqor.evidence"
@@ -36,10 +35,6 @@ SECTIONS = [
     ("DR events", {"dr.failover"}),
     ("Security events", {"security.cross_tenant_attempt", "auth.login_failed"}),
 ]
-
-
-def region_storage(region: str) -> FileSystemStorage:
-    return FileSystemStorage(location=settings.LEVQOR_REGIONS[region].storage)
 
 
 def evidence_request(*, tenant, since: datetime, until: datetime, actor: str) -> EvidenceReport:

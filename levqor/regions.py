@@ -6,6 +6,10 @@ or a JSON object mapping each region to its parts:
     {"eu-west": {"database_url": "postgres://...", "replica_url": "postgres://...",
                  "storage": "/var/lib/levqor/backups/eu-west"}}
 
+`storage` is a folder, or `s3://bucket/prefix` for an S3 bucket; `storage_endpoint_url`
+points S3 storage at an S3-compatible server other than AWS (MinIO, Ceph, a local test
+server). Credentials come from the usual AWS_* variables, never from this setting.
+
 The first region listed is the default for new tenants.
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Region:
     database: dict  # Django DATABASES-style dict of the region's primary server
     replica_url: str | None
     storage: str
+    storage_endpoint_url: str | None = None  # S3 storage only: a non-AWS S3-compatible server
 
 
 def _database_url(db: dict) -> str:
@@ -54,6 +59,7 @@ def parse_regions(raw: str, *, default_database_url: dict) -> dict[str, Region]:
                 database=db,
                 replica_url=parts.get("replica_url"),
                 storage=parts.get("storage") or str(base_storage / name),
+                storage_endpoint_url=parts.get("storage_endpoint_url") or None,
             )
         return regions
     return {
