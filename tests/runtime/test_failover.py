@@ -1,6 +1,8 @@
 """Region failover (runtime/dr.py) against real PostgreSQL: each test that fails over
 starts its own primary with a streaming replica (tests/runtime/drill.py) and region
-"drill" pointing at them; everything is stopped and removed even when a test fails."""
+"drill" pointing at them; everything is stopped and removed even when a test fails.
+The replica is synchronous except in the asynchronous drill, where it streams over a
+link that delays WAL by a second, so the failure loses what was in flight."""
 from io import StringIO
 
 import pytest
@@ -18,6 +20,7 @@ from tests.ports import free_port
 from tests.runtime.drill import PgPair, point_region, provision_tenants, run_drill, server_url
 
 REGION = "drill"
+ASYNC_LINK_DELAY = 1.0  # seconds: lag enough to lose writes, well inside the 5 s RPO target
 
 
 def _forget_health_state() -> None:
@@ -29,8 +32,17 @@ def _forget_health_state() -> None:
 
 @pytest.fixture
 def pair(settings, transactional_db):
-    """A running primary + replica, and region "drill" on them."""
-    servers = PgPair()
+    """A running primary + synchronous replica, and region "drill" on them."""
+    yield from _running_pair(settings, PgPair())
+
+
+@pytest.fixture
+def async_pair(settings, transactional_db):
+    """A running primary + asynchronous replica behind a 1 s link, and region "drill" on them."""
+    yield from _running_pair(settings, PgPair(sync=False, link_delay=ASYNC_LINK_DELAY))
+
+
+def _running_pair(settings, servers: PgPair):
     try:
         servers.start()
         point_region(settings, REGION, servers.primary_port, servers.replica_port)
@@ -90,6 +102,29 @@ def test_drill_loses_no_acknowledged_write_and_meets_rpo_and_rto(pair, mailoutbo
         cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [broker.tenant_database_name(late.id)])
         assert cursor.fetchone()
     assert client_for(key, late).post("/api/workflows", {"name": "after"}, format="json").status_code == 201
+
+
+def test_async_drill_loses_only_writes_inside_the_measured_lag_window(async_pair):
+    tenants = provision_tenants(2, region=REGION)
+
+    # Writing for ~3 link delays: the replica has the older writes, not the newest ones.
+    result = run_drill(async_pair, tenants, region=REGION, warmup_writes=300)
+
+    # The replica really was behind: the health check's sample (the Failover row's RPO) and
+    # the lag measured at the failure both see the link's delay, and both are within target.
+    assert 0.5 <= result["rpo_seconds"] <= 5 and result["rpo_bytes"] > 0, result
+    assert 0.5 <= result["lag_at_failure_seconds"] <= 5, result
+    assert result["lag_at_failure_bytes"] > 0, result
+    # Asynchronous replication lost acknowledged writes, and only ones inside the lag
+    # window: acknowledged after the replica's newest replayed commit, before the stop.
+    assert result["lost"] > 0 and result["lost_in_lag_window"] == result["lost"], result
+    assert result["oldest_lost_acked_before_stop_seconds"] <= 5, result
+    assert result["lost"] < result["writes_acked_before_stop"], result  # the older writes made it
+    assert result["every_tenant_answered"] and result["rto_seconds"] <= 60, result
+    record = Failover.objects.get()
+    assert record.status == "done" and record.detail_json["promoted_now"] is True
+    assert record.detail_json["synchronous_replication_turned_off"] is False
+    assert not async_pair.in_recovery(async_pair.replica_port)
 
 
 def test_health_check_fails_over_at_the_nth_consecutive_failure_only(pair, settings):
