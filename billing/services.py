@@ -41,7 +41,7 @@ def portal_session(*, tenant_id: int, return_url: str, actor: str) -> str:
 
 
 def move_subscription_to_plan(*, tenant, plan: str, actor: str) -> None:
-    """A plan change made by staff (API, admin, command) is made at Stripe first: the plan
+    """A plan change made by staff (API, command) is made at Stripe first: the plan
     item of the tenant's subscription moves to the new plan's price, prorated. Otherwise the
     next subscription webhook would carry the old plan and undo the change. Stripe failing
     stops the change (503 `billing_unavailable`); billing off or no subscription: nothing to do.

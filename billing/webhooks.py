@@ -73,7 +73,7 @@ def stripe_webhook(request):
 def _signed_timestamp(header: str) -> int | None:
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
+        if key == "t" and value.isascii() and value.isdigit():
             return int(value)
     return None
 
@@ -151,7 +151,7 @@ def invoice_subscription(invoice: dict) -> tuple[str | None, dict]:
     return subscription, details.get("metadata") or {}
 
 
-def _subscription_updated(billing, sub: dict) -> str:
+def _subscription_updated(billing, sub: dict) -> str | None:
     from tenants import services
 
     tenant = billing.tenant
@@ -182,7 +182,7 @@ def _subscription_updated(billing, sub: dict) -> str:
     return "; ".join(n for n in notes if n) or f"subscription {sub.get('status')}"
 
 
-def _subscription_deleted(billing, sub: dict) -> str:
+def _subscription_deleted(billing, sub: dict) -> str | None:
     if _not_the_plans(billing, sub.get("id"), sub.get("metadata")):
         return None  # not the plan's (a module's, or an old one): the marketplace handles its own
     note = _start_grace(billing, reason="subscription canceled")

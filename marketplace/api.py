@@ -62,8 +62,8 @@ class MarketplaceOrders(TenantAPIView):
     def post(self, request):
         listing_id = parse_listing_id(request.data)
         key = request.headers.get("Idempotency-Key", "").strip()
-        if len(key) > 200:
-            raise APIError("invalid_input", "Idempotency-Key is at most 200 characters.",
+        if len(key) > 200 or not key.isprintable():  # a NUL byte would reach PostgreSQL, which refuses it
+            raise APIError("invalid_input", "Idempotency-Key is at most 200 printable characters.",
                            details={"field": "Idempotency-Key"})
         success_url, cancel_url = checkout_return_urls(request)
         order, created = services.order_create(listing_id=listing_id, actor=request.principal.actor,

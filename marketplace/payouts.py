@@ -121,6 +121,10 @@ def _settle(partner: Partner, period: str, end: datetime) -> list[Payout]:
 
 
 def _settle_currency(partner, period, currency, sales, renewals, refunds, earlier: Payout | None) -> Payout:
+    # The rows as of now, once: an order paid while this runs must not be marked settled by
+    # the update below without being in the sum (it waits for the next payout instead).
+    sales, renewals, refunds = (qs.filter(pk__in=list(qs.values_list("pk", flat=True)))
+                                for qs in (sales, renewals, refunds))
     sales_cents = (sales.aggregate(s=Sum("price_cents"))["s"] or 0) + (renewals.aggregate(s=Sum("amount_cents"))["s"] or 0)
     refunds_cents = refunds.aggregate(s=Sum("refunded_cents"))["s"] or 0
     gross = sales_cents - refunds_cents

@@ -16,6 +16,7 @@ Leaving `paid` disables both, except what another paid order of the tenant still
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from datetime import timedelta
 
 import stripe
@@ -45,12 +46,19 @@ def _require_payments() -> None:
                        status_code=503)
 
 
-def _stripe(fn, *args, **kwargs):
-    """One Stripe call; any refusal is a 503 the client can retry (nothing was written)."""
+@contextmanager
+def _refusals_are_503():
+    """Stripe refusing a call is a 503 the client can retry (nothing was written)."""
     try:
-        return stripe_api.call(fn, *args, **kwargs)
+        yield
     except stripe.InvalidRequestError as exc:
         raise stripe_api.BillingUnavailable(f"Stripe refused: {exc.user_message or exc}") from exc
+
+
+def _stripe(fn, *args, **kwargs):
+    """One Stripe call, its refusal a 503."""
+    with _refusals_are_503():
+        return stripe_api.call(fn, *args, **kwargs)
 
 
 # --- placing an order ----------------------------------------------------------------------
@@ -141,7 +149,8 @@ def _existing(order: TenantOrder) -> tuple[TenantOrder, bool]:
 
 def _checkout_session(order: TenantOrder, listing: Listing, customer: str, success_url: str, cancel_url: str) -> dict:
     c = stripe_api.client()
-    price = stripe_catalog.price_for(listing)
+    with _refusals_are_503():  # finding or making the listing's price (an unsupported currency, an amount too small)
+        price = stripe_catalog.price_for(listing)
     if listing.stripe_price_id != price:
         Listing.objects.filter(pk=listing.pk).update(stripe_price_id=price)
     metadata = {"levqor_order": str(order.reference), "levqor_tenant_id": str(order.tenant_id),

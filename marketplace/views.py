@@ -12,14 +12,9 @@ from marketplace import api, selectors, services
 from marketplace.models import Partner
 from policy.engine import decide
 from runtime import charts
-from tenants.portal import portal_page
+from tenants.portal import portal_page, posted_id
 
 COLORS = ["#3b5bdb", "#e8590c", "#2f9e44", "#ae3ec9", "#f59f00", "#1098ad"]
-
-
-def _posted_id(request, name: str) -> int:
-    raw = request.POST.get(name, "")
-    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 18 else 0
 
 
 @portal_page("marketplace:read")
@@ -42,7 +37,7 @@ def marketplace(request):
 @require_POST
 @portal_page("marketplace:order")
 def buy(request):
-    listing_id = _posted_id(request, "listing_id")
+    listing_id = posted_id(request, "listing_id")
     success_url, cancel_url = api.checkout_return_urls(request)
     try:
         order, _ = services.order_create(listing_id=listing_id, actor=request.principal.actor,
@@ -57,7 +52,7 @@ def buy(request):
 @portal_page("marketplace:order")
 def cancel(request):
     try:
-        order = services.order_cancel(order_id=_posted_id(request, "order_id"), actor=request.principal.actor)
+        order = services.order_cancel(order_id=posted_id(request, "order_id"), actor=request.principal.actor)
     except APIError as exc:
         messages.error(request, exc.message)
     else:

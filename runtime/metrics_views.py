@@ -33,7 +33,7 @@ BRAND, ERROR, MUTED = "#3b5bdb", "#e8590c", "#adb5bd"
 def _bounded_int(raw: str | None, *, name: str, default: int, low: int, high: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not low <= int(raw) <= high:
         raise APIError("invalid_input", f"{name} must be a whole number from {low} to {high}",
                        details={"param": name, "min": low, "max": high})
     return int(raw)

@@ -7,7 +7,7 @@ from django.views.decorators.http import require_POST
 from runtime import backups
 from runtime.api import backup_json
 from runtime.models import Backup
-from tenants.portal import _act, _can, _posted_id, portal_page
+from tenants.portal import _act, _can, portal_page, posted_id
 
 
 @portal_page("backups:read")
@@ -37,7 +37,7 @@ def create(request):
 @require_POST
 @portal_page("backups:read")
 def export(request):
-    backup = Backup.objects.filter(pk=_posted_id(request, "backup")).first()
+    backup = Backup.objects.filter(pk=posted_id(request, "backup")).first()
     if backup is None:
         messages.error(request, "No such backup.")
         return redirect("org-backups")
@@ -49,7 +49,7 @@ def export(request):
 @require_POST
 @portal_page("backups:read")
 def restore(request):
-    backup = Backup.objects.filter(pk=_posted_id(request, "backup")).first()
+    backup = Backup.objects.filter(pk=posted_id(request, "backup")).first()
     if backup is None:
         messages.error(request, "No such backup.")
         return redirect("org-backups")

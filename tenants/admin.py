@@ -35,7 +35,8 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ("status", "plan", "region", "isolation")
     search_fields = ("slug", "name", "admin_email")
     readonly_fields = ("schema_name", "status", "isolation", "provision_ms", "provision_steps", "created_at",
-                       "status_changed_at", "purge_after", "last_seen_at", "hibernated_at")
+                       "status_changed_at", "purge_after", "last_seen_at", "hibernated_at",
+                       "plan")  # plan changes go through the service (Stripe first): change_plan or the API
     inlines = [DomainInline]
     actions = [_bulk(services.tenant_suspend, "suspended"), _bulk(services.tenant_resume, "resumed"),
                _bulk(services.tenant_delete, "deleted")]

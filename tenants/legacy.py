@@ -27,7 +27,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import ProgrammingError
 
 from tenants import hotcache
 
@@ -61,7 +61,8 @@ def steps_done() -> dict[str, object]:
 
     try:
         return dict(TenancyMigrationStep.objects.filter(done_at__isnull=False).values_list("step", "done_at"))
-    except DatabaseError:  # the table does not exist yet (before M1 applied its migration)
+    except ProgrammingError:  # the table does not exist yet (before M1 applied its migration); any other
+        # database error propagates: read as "no step done" it would open signups for a while
         return {}
 
 

@@ -76,10 +76,11 @@ def _sso_required(request, tenant, member) -> bool:
     return enforced and tenant.id not in request.session.get(SSO_SESSION_KEY, [])
 
 
-def _posted_id(request, name: str) -> int:
-    """A numeric id from a form; 0 (matching nothing) for anything else."""
+def posted_id(request, name: str) -> int:
+    """A numeric id from a form; 0 (matching nothing) for anything else (`isdigit` alone
+    also passes digits like "²" that int() refuses)."""
     raw = request.POST.get(name, "")
-    return int(raw) if raw.isdigit() and len(raw) < 18 else 0
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 18 else 0
 
 
 def _can(request, action: str) -> bool:
@@ -217,7 +218,7 @@ def members(request):
                 messages.success(request, f"Invitation sent to {invitation.email}. Link (valid 7 days): "
                                           f"{request.build_absolute_uri(member_services.invitation_link(invitation))}")
         elif op in ("role", "remove"):
-            member = TenantUser.objects.select_related("user").filter(pk=_posted_id(request, "member_id")).first()
+            member = TenantUser.objects.select_related("user").filter(pk=posted_id(request, "member_id")).first()
             if member is None:
                 messages.error(request, "No such member.")
             elif op == "role":
@@ -349,7 +350,7 @@ def streams(request):
                 url=request.POST.get("url", ""), secret=request.POST.get("secret", ""), actor=request.principal.actor),
                 "Stream added: it sends every event from now on.")
         else:
-            stream = AuditStream.objects.filter(pk=_posted_id(request, "stream_id")).first()
+            stream = AuditStream.objects.filter(pk=posted_id(request, "stream_id")).first()
             if stream is None:
                 messages.error(request, "No such stream.")
             elif op == "replay":

@@ -252,6 +252,8 @@ def test_webhook_signature_failures_and_replays_are_refused(billing_on, make_ten
     for code, signature in cases.items():
         response = post_webhook(payload, signature)
         assert response.status_code == 400 and response.json()["error"]["code"] == code
+    odd = post_webhook(payload, "t=\u00b2,v1=" + "0" * 64)  # "²" is a digit to isdigit(), not to int()
+    assert odd.status_code == 400 and odd.json()["error"]["code"].startswith("signature_")
     tampered = post_webhook(payload.replace("4900", "1"), sign(payload))
     assert tampered.status_code == 400 and tampered.json()["error"]["code"] == "signature_invalid"
     assert not WebhookEvent.objects.exists() and _billing(tenant).status == "active"

@@ -107,6 +107,8 @@ def test_malformed_json_unknown_and_inactive_listings_and_odd_order_ids(billing_
     assert client.post("/api/marketplace/orders/99999999999999999999/cancel").status_code == 404
     long_key = buy(key, a, make_listing().pk, HTTP_IDEMPOTENCY_KEY="k" * 201)
     assert long_key.status_code == 400 and long_key.json()["error"]["details"]["field"] == "Idempotency-Key"
+    nul_key = buy(key, a, make_listing().pk, HTTP_IDEMPOTENCY_KEY="k\x00k")  # PostgreSQL refuses NUL in text
+    assert nul_key.status_code == 400 and nul_key.json()["error"]["details"]["field"] == "Idempotency-Key"
 
 
 def test_payments_not_configured_is_a_clear_503(make_tenant, make_listing, settings):

@@ -43,6 +43,7 @@ def test_buying_in_a_enables_the_module_in_a_and_not_in_b(billing_on, make_tenan
     assert listed_a[listing.pk]["owned"] and not listed_b[listing.pk]["owned"]
     assert client_for(key_a, a).get(f"/api/marketplace/orders/{order['id']}").json()["status"] == "paid"
     assert client_for(key_b, b).get(f"/api/marketplace/orders/{order['id']}").status_code == 404
+    assert client_for(key_b, b).post(f"/api/marketplace/orders/{order['id']}/cancel").status_code == 404
     assert client_for(key_b, b).get("/api/marketplace/orders").json()["results"] == []
     assert events_of(a) == ["marketplace.order_created", "marketplace.order_paid", "marketplace.module_enabled"]
     assert events_of(b) == []
