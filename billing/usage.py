@@ -32,6 +32,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from billing import catalog, stripe_api
+from compliance import outbound
 from billing.models import MeterReport
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def _send(report: MeterReport, customer_id: str) -> str | None:
                 "event_name": event_name, "identifier": report.identifier, "timestamp": report.timestamp,
                 "payload": {"stripe_customer_id": customer_id, "value": str(report.value)},
             })
-    except stripe_api.outbound.CircuitOpen as exc:  # not sent; the next run resends it
+    except outbound.CircuitOpen as exc:  # not sent; the next run resends it
         return f"{report.identifier}: {exc.message}"
     except stripe.InvalidRequestError as exc:
         # Stripe's answer to an identifier it already has (a resend of a window it

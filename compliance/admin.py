@@ -1,25 +1,17 @@
 from django.contrib import admin
 
 from compliance.models import Alert, AuditEvent, AuditStream
+from levqor.admin_base import ReadOnlyAdmin
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ("tenant_id", "seq", "event", "actor", "ts")
     list_filter = ("event",)
     search_fields = ("actor", "event")
 
     def get_queryset(self, request):
         return AuditEvent.dangerously_all_tenants.all()
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Alert)

@@ -303,6 +303,11 @@ def sealed_events(tenant_id: int):
     return AuditEvent.dangerously_all_tenants.filter(tenant_id=tenant_id, seq__isnull=False)
 
 
+def head(tenant_id: int) -> dict | None:
+    """The last sealed event of the tenant's chain, {"seq", "hash"}; None for an empty chain."""
+    return sealed_events(tenant_id).order_by("-seq").values("seq", "hash").first()
+
+
 def purge(*, tenant_id: int, up_to_seq: int | None = None, reason: str, actor: str,
           checkpoint: bool = True) -> int:
     """The one way rows leave tenant_audit (the trigger refuses every other DELETE).

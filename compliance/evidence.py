@@ -115,7 +115,7 @@ def generate(report_id: int) -> EvidenceReport:
         audit.seal_committed(tenant.id)  # the report lists chained events, up to the head in its footer
         events = list(audit.sealed_events(tenant.id).filter(
             ts__gte=report.period_start, ts__lt=report.period_end).order_by("seq"))
-        head = audit.sealed_events(tenant.id).order_by("-seq").values("seq", "hash").first()
+        head = audit.head(tenant.id)
         pdf = render_pdf(tenant=tenant, report=report, integrity=integrity, events=events, head=head)
         name = region_storage(tenant.region).save(f"evidence/{tenant.id}/report-{report.pk}.pdf", ContentFile(pdf))
     except Exception as exc:

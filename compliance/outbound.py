@@ -10,8 +10,11 @@ rebinding resolver cannot slip one past.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import socket
+import time
 from urllib.parse import urlsplit
 
 import requests
@@ -105,6 +108,15 @@ def post(url: str, *, body: bytes, headers: dict, timeout: float) -> requests.Re
         if parts.scheme == "https":
             session.mount("https://", _PinnedHTTPS(host))
         return session.post(target, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+
+
+def signed_json_headers(secret: str, body: bytes) -> dict[str, str]:
+    """Levqor's webhook signature (SIEM webhook streams, the staff alert webhook): HMAC-SHA256
+    over `<timestamp>.<body>`, sent with the timestamp so receivers can refuse replays."""
+    timestamp = str(int(time.time()))
+    signature = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-Levqor-Timestamp": timestamp,
+            "X-Levqor-Signature": f"sha256={signature}"}
 
 
 # --- circuit breakers ------------------------------------------------------------------------

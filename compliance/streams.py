@@ -12,11 +12,8 @@ back. Failures retry with exponential backoff (Celery); after MAX_FAILURES the s
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import time
 
 import requests
 from django.db import transaction
@@ -54,10 +51,7 @@ def render(stream: AuditStream, events: list[AuditEvent], secret: str) -> tuple[
                             "event_id": p["id"]} for p in payloads], separators=(",", ":")).encode()
         return body, {"DD-API-KEY": secret, "Content-Type": "application/json"}
     body = json.dumps({"events": payloads}, separators=(",", ":")).encode()
-    timestamp = str(int(time.time()))
-    signature = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return body, {"Content-Type": "application/json", "X-Levqor-Timestamp": timestamp,
-                  "X-Levqor-Signature": f"sha256={signature}"}
+    return body, outbound.signed_json_headers(secret, body)
 
 
 def deliver(stream_id: int) -> dict:
@@ -166,7 +160,8 @@ def stream_replay(*, stream: AuditStream, since, actor: str) -> AuditStream:
 
 
 def _head_seq(tenant_id: int) -> int:
-    return audit.sealed_events(tenant_id).order_by("-seq").values_list("seq", flat=True).first() or 0
+    last = audit.head(tenant_id)
+    return last["seq"] if last else 0
 
 
 def stream_delete(*, stream: AuditStream, actor: str) -> None:

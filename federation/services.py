@@ -9,6 +9,7 @@ from federation import kpis
 from federation.aggregate import latest_release
 from federation.models import INDUSTRIES, FederationMembership
 from levqor.errors import APIError
+from policy import quotas
 
 INDUSTRY_CODES = frozenset(code for code, _ in INDUSTRIES)
 
@@ -61,7 +62,7 @@ def status(tenant_id: int) -> dict:
     month so far), and its industry's published percentiles beside them."""
     membership = membership_of(tenant_id)
     release = latest_release()
-    period = release.period if release else timezone.now().strftime("%Y%m")
+    period = release.period if release else quotas.period_of()
     own = own_kpis(tenant_id, period)
     groups = release.payload.get("groups", {}) if release else {}
     return {

@@ -29,11 +29,8 @@ Raising. Kinds added here (docs/observability.md lists every kind):
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -156,11 +153,8 @@ def webhook_payload(alert: Alert) -> dict:
 
 def signed_headers(body: bytes, delivery_id: str) -> dict[str, str]:
     """The headers of a webhook request (module docstring); the probe signs the same way."""
-    timestamp = str(int(time.time()))
-    signature = hmac.new(settings.LEVQOR_ALERT_WEBHOOK_SECRET.encode(), timestamp.encode() + b"." + body,
-                         hashlib.sha256).hexdigest()
-    return {"Content-Type": "application/json", "X-Levqor-Timestamp": timestamp,
-            "X-Levqor-Signature": f"sha256={signature}", "X-Levqor-Delivery": delivery_id}
+    return {**outbound.signed_json_headers(settings.LEVQOR_ALERT_WEBHOOK_SECRET, body),
+            "X-Levqor-Delivery": delivery_id}
 
 
 def _send_webhook(alert: Alert) -> None:

@@ -459,8 +459,7 @@ def waiting_tasks() -> dict[int, int]:
     from levqor.redis import client as redis_client
     from runtime import capacity, queues
 
-    queues.forget()
-    counts, _exact = queues._scan()
+    counts, _exact = queues.tenant_counts()
     try:
         r = redis_client()
         held_tenants = sorted(int(t) for t in r.smembers(capacity.HELD_TENANTS))

@@ -180,6 +180,7 @@ def _ensure_active(tenant) -> None:
 
 def run_backup(backup: Backup, *, progress=None) -> Backup:
     from policy.plans import plan_limits
+    from runtime import lifecycle
     from tenants.models import Tenant
 
     tenant = Tenant.objects.get(pk=backup.tenant_id)
@@ -199,7 +200,7 @@ def run_backup(backup: Backup, *, progress=None) -> Backup:
             suffix = ".tar.gz.enc" if settings.LEVQOR_BACKUP_ENCRYPT else ".tar.gz"
             name = f"tenants/{tenant.id}/{timezone.now():%Y%m%dT%H%M%S}-{backup.pk}{suffix}"
             stored_name = storage.save(name, File(payload))
-        days = plan_limits(tenant.plan).get("backup_retention_days") or 7
+        days = plan_limits(tenant.plan).get("backup_retention_days") or lifecycle.DEFAULT_BACKUP_DAYS
         with transaction.atomic():
             Backup.dangerously_all_tenants.filter(pk=backup.pk).update(
                 status=Backup.Status.OK, storage_name=stored_name, size_bytes=size, checksum_sha256=sha.hexdigest(),

@@ -54,9 +54,10 @@ def limits_of(tenant_id: int) -> dict:
     """{"worker_pool_max", "queue_cap", "queue"} of the tenant's plan; `queue` is its
     dedicated Celery queue, or None for the shared one."""
     from policy.plans import plan_limits
-    from tenants.models import Tenant
+    from tenants import hotcache
 
-    plan = Tenant.objects.filter(pk=tenant_id).values_list("plan", flat=True).first() or ""
+    tenant, _ = hotcache.tenant_for("id", tenant_id)  # per process, dropped on any tenancy change
+    plan = tenant.plan if tenant is not None else ""
     limits = plan_limits(plan)
     share = limits.get("queue_share", DEFAULT_QUEUE_SHARE)
     return {"worker_pool_max": max(1, int(limits.get("worker_pool_max", DEFAULT_POOL_MAX))),
@@ -263,8 +264,7 @@ def release_all(*, connection=None) -> int:
     from runtime import queues
 
     r = redis_client()
-    queues.forget()
-    counts, exact = queues._scan()
+    counts, exact = queues.tenant_counts()
     sent = 0
     for raw in r.smembers(HELD_TENANTS):
         tenant_id = int(raw)

@@ -41,6 +41,7 @@ from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 ACTOR = "system:lifecycle"
+DEFAULT_BACKUP_DAYS = 7  # for a plan that names no backup_retention_days
 DEFAULT_EVIDENCE_DAYS = 365
 
 
@@ -71,7 +72,7 @@ def expire_backups(*, now: datetime | None = None) -> list[int]:
 
 def _expire_tenant(tenant: Tenant, now: datetime, *, evidence: bool = True) -> tuple[list[int], list[int]]:
     limits = plan_limits(tenant.plan)
-    backup_days = limits.get("backup_retention_days") or 7
+    backup_days = limits.get("backup_retention_days") or DEFAULT_BACKUP_DAYS
     evidence_days = limits.get("evidence_retention_days") or DEFAULT_EVIDENCE_DAYS
     backups = list(Backup.dangerously_all_tenants.filter(tenant_id=tenant.id, status=Backup.Status.OK).filter(
         Q(expires_at__lte=now) | Q(created_at__lte=now - timedelta(days=backup_days))))

@@ -125,7 +125,7 @@ class Recorder:
         self.last_seen_sent: dict[int, float] = {}  # tenant -> monotonic time of its last write
 
     def record(self, tenant_id: int | None, status: int, ms: float, api: bool) -> None:
-        index = bisect_left(BOUNDS_MS, ms)
+        index = bucket_of(ms)
         klass = status_class(status)
         minute = int(time.time()) // MINUTE * MINUTE
         with self.lock:

@@ -109,6 +109,15 @@ def tenant_queue_depth(tenant_id: int) -> tuple[int, bool]:
         return _cache["tenants"].get(tenant_id, 0), _cache["exact"]
 
 
+def tenant_counts() -> tuple[dict[int, int], bool]:
+    """A fresh scan: each tenant's waiting tasks, and whether the counts are exact. It also
+    refreshes what tenant_queue_depth() serves."""
+    counts, exact = _scan()
+    with _cache_lock:
+        _cache.update(tenants=counts, exact=exact, at=time.monotonic())
+    return counts, exact
+
+
 def forget() -> None:
     """Drop the cached scan (tests, and after changing the queues)."""
     with _cache_lock:

@@ -49,7 +49,7 @@ def parse(raw: str) -> ParsedKey | None:
 
 
 def matches(parsed: ParsedKey, stored_hash: str) -> bool:
-    return hmac.compare_digest(keyed_hash(parsed.plaintext), stored_hash)
+    return hmac.compare_digest(digest(parsed.plaintext), stored_hash)
 
 
 def digest(raw: str) -> str:

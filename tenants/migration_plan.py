@@ -455,7 +455,6 @@ def m2_copy(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
 
 def m3_switch(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
     from compliance import audit
-    from tenants.models import Tenant
 
     report = Report("m3", dry_run)
     done = legacy.steps_done()
@@ -477,20 +476,31 @@ def m3_switch(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
     if dry_run:
         return report
 
-    _bring_current(target)
+    _bring_current(target)  # migrations, outside the move's transaction
     with transaction.atomic(), connection.cursor() as cursor:
-        org = _locked_org(cursor, lives_in=source)
-        tables = _copy_verified(cursor, source, target, progress)
-        _verify_read_paths(org, source, target)
+        org, tables = _move_org(cursor, source, target, progress)
         for name, figures in tables.items():
             audit.record("tenancy.legacy_imported", tenant_id=org.pk, actor=actor,
                          metadata={"table": name, "rows": figures["rows"], "checksum": figures["checksum"],
                                    "from": source, "to": target})
-        Tenant.objects.filter(pk=org.pk).update(schema_name=target)
-        _freeze(cursor, source)
         _record("m3", actor=actor, org=org, details={"from": source, "to": target, "tables": tables})
     report.details = {"tables": tables}
     return report
+
+
+def _move_org(cursor, source: str, target: str, progress):
+    """M3 and the rollback, one direction each (`target` already brought current): under
+    the organization's lock, the final
+    copy of `source` into `target` (verified), the ORM's read paths checked, the
+    organization switched to `target` and `source` frozen. Returns (org, tables)."""
+    from tenants.models import Tenant
+
+    org = _locked_org(cursor, lives_in=source)
+    tables = _copy_verified(cursor, source, target, progress)
+    _verify_read_paths(org, source, target)
+    Tenant.objects.filter(pk=org.pk).update(schema_name=target)
+    _freeze(cursor, source)
+    return org, tables
 
 
 # --- M4 -----------------------------------------------------------------------------------
@@ -526,9 +536,6 @@ def m4_open(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
 
 
 def rollback(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
-    from compliance import audit
-    from tenants.models import Tenant
-
     report = Report("rollback", dry_run)
     done = legacy.steps_done()
     _require(done, "m1", "a rollback")
@@ -557,13 +564,9 @@ def rollback(*, dry_run: bool, actor: str, progress=_no_progress) -> Report:
     if dry_run:
         return report
 
-    _bring_current(target)
+    _bring_current(target)  # migrations, outside the move's transaction
     with transaction.atomic(), connection.cursor() as cursor:
-        org = _locked_org(cursor, lives_in=source)
-        tables = _copy_verified(cursor, source, target, progress)
-        _verify_read_paths(org, source, target)
-        Tenant.objects.filter(pk=org.pk).update(schema_name=target)
-        _freeze(cursor, source)
+        org, tables = _move_org(cursor, source, target, progress)
         _reopen(reopen)
         _record("rollback", actor=actor, org=org, details={"from": source, "to": target, "reopened": list(reopen),
                                                            "tables": tables})
